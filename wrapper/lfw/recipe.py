@@ -1,0 +1,207 @@
+"""The recipe schema: a short, strictly validated YAML that says what to train and how.
+
+Every field has a docstring-style description (reused by `lfw recipes --fields` and error messages). Unknown keys
+are errors that name their path and the closest valid key; all errors of a file are reported at once.
+This module is pure: no click, no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, create_model, model_validator
+
+Method = Literal["lora", "qlora", "full", "freeze"]
+StageKind = Literal["sft", "dpo", "kto", "pt", "rm"]
+DatasetFormat = Literal[
+    "alpaca", "sharegpt", "openai", "preference", "preference_sharegpt", "kto", "multimodal", "text"
+]
+DeepSpeed = Literal["none", "z0", "z2", "z3", "z3_offload"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+# Which dataset formats each stage can train on (LLaMA-Factory's `ranking` and `kto_tag` rules).
+STAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "sft": ("alpaca", "sharegpt", "openai", "multimodal"),
+    "pt": ("text", "alpaca", "sharegpt", "openai"),
+    "dpo": ("preference", "preference_sharegpt"),
+    "rm": ("preference", "preference_sharegpt"),
+    "kto": ("kto",),
+}
+
+
+class Strict(BaseModel):
+    """Base for every recipe block: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSpec(Strict):
+    path: str = Field(description="Hub id (Qwen/Qwen3-4B) or local folder of the base model.")
+    template: str = Field(
+        description="LLaMA-Factory chat template, e.g. qwen3_nothink (data without reasoning), qwen3, chatml."
+    )
+    trust_remote_code: bool = Field(False, description="Run the model repo's own code; only when you trust it.")
+    flash_attn: Literal["auto", "fa2", "sdpa", "disabled"] = Field(
+        "auto", description="Attention kernel; auto falls back to sdpa when flash-attn is missing."
+    )
+
+
+class LoraSpec(Strict):
+    rank: PositiveInt = Field(8, description="LoRA rank r.")
+    alpha: PositiveInt | None = Field(None, description="LoRA alpha; default 2 x rank.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    target: str = Field("all", description="Modules to adapt: all, or a comma list like q_proj,v_proj.")
+
+
+class QuantizationSpec(Strict):
+    bits: Literal[4, 8] = Field(4, description="Weight bits of the frozen base (QLoRA).")
+    method: Literal["bitsandbytes", "hqq", "eetq"] = Field("bitsandbytes", description="Quantization backend.")
+
+
+class MethodSpec(Strict):
+    type: Method = Field("lora", description="lora, qlora (quantized base + LoRA), full or freeze.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora and qlora).")
+    quantization: QuantizationSpec | None = Field(
+        None, description="Quantization of the base; qlora defaults to 4-bit bitsandbytes."
+    )
+    freeze_trainable_layers: int = Field(2, description="freeze: how many last layers train (negative: first).")
+
+    @model_validator(mode="after")
+    def _qlora_defaults(self) -> MethodSpec:
+        if self.type == "qlora" and self.quantization is None:
+            self.quantization = QuantizationSpec()
+        if self.quantization is not None and self.type not in ("qlora", "lora"):
+            raise ValueError("quantization is for LoRA on a frozen base; use method.type: qlora")
+        return self
+
+
+class DatasetSpec(Strict):
+    path: str = Field(description="Data file or folder (JSON, JSONL, Parquet, CSV); relative to the recipe.")
+    format: DatasetFormat = Field(
+        description="alpaca, sharegpt, openai, preference, preference_sharegpt, kto, multimodal, text."
+    )
+    name: str | None = Field(None, description="Name in dataset_info.json; default from the file name.")
+    tags: Literal["from_value", "role_content"] | None = Field(
+        None, description="sharegpt tag style: from/value with human/gpt, or role/content with user/assistant."
+    )
+    columns: dict[str, str] | None = Field(None, description="Column renames on top of the format's defaults.")
+    media_dir: str | None = Field(None, description="Folder that image/video/audio paths are relative to.")
+
+
+class TrainingSpec(Strict):
+    global_batch_size: PositiveInt = Field(
+        16, description="Samples per optimizer step over all GPUs and nodes; held constant as GPU count changes."
+    )
+    micro_batch_size: PositiveInt = Field(1, description="Samples per GPU per forward pass.")
+    cutoff_len: PositiveInt = Field(2048, description="Maximum tokens per sample (longer ones are cut).")
+    epochs: float | None = Field(3.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
+    max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps.")
+    max_samples: PositiveInt | None = Field(None, description="Use at most this many samples per dataset.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+    ] = Field("cosine", description="Learning-rate schedule.")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warm-up as a fraction of all steps.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up in steps (instead of warmup_ratio).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    precision: Precision = Field("auto", description="auto: bf16 where the GPU has it, else fp16; fp32 on CPU.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    packing: bool = Field(False, description="Pack several samples into one cutoff_len sequence.")
+    liger_kernel: bool = Field(False, description="Fused liger kernels (saves most of the logits memory).")
+    val_size: float = Field(0.0, ge=0, lt=1, description="Fraction of the data held out for evaluation.")
+    logging_steps: PositiveInt = Field(10, description="Log loss every N steps.")
+    save_steps: PositiveInt = Field(500, description="Save a checkpoint every N steps.")
+    eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (default save_steps).")
+    seed: int = Field(42, description="Random seed.")
+    preprocessing_workers: PositiveInt | None = Field(None, description="Processes for tokenizing the data.")
+    plot_loss: bool = Field(True, description="Save a loss curve PNG after training.")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainingSpec:
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ValueError("set warmup_ratio or warmup_steps, not both")
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps")
+        return self
+
+
+# Per-stage overrides: any training field, all optional, merged over the recipe's `training` block.
+TrainingOverrides = create_model(
+    "TrainingOverrides",
+    __base__=Strict,
+    **{name: (field.annotation | None, None) for name, field in TrainingSpec.model_fields.items()},
+)
+
+
+class StageSpec(Strict):
+    stage: StageKind = Field(description="sft, dpo, kto, pt or rm (orpo/simpo: dpo with pref_loss).")
+    name: str | None = Field(None, description="Stage folder name; default <index>-<stage>.")
+    datasets: list[DatasetSpec] = Field(min_length=1, description="Training data of this stage.")
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] | None = Field(
+        None, description="Preference loss for dpo (orpo and simpo need no reference model)."
+    )
+    pref_beta: float | None = Field(None, gt=0, description="Preference beta (dpo/kto/orpo/simpo).")
+    training: TrainingOverrides | None = Field(None, description="Training fields that differ in this stage.")  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _formats_fit_stage(self) -> StageSpec:
+        allowed = STAGE_FORMATS[self.stage]
+        for ds in self.datasets:
+            if ds.format not in allowed:
+                raise ValueError(
+                    f"stage {self.stage} cannot train on format {ds.format!r}; use one of {', '.join(allowed)}"
+                )
+        if self.pref_loss is not None and self.stage != "dpo":
+            raise ValueError("pref_loss belongs to a dpo stage")
+        return self
+
+
+class HardwareSpec(Strict):
+    gpus: Literal["auto"] | PositiveInt = Field(
+        "auto", description="GPUs per node: auto (all visible) or N. With device: cpu, the number of processes."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when GPUs are visible.")
+    deepspeed: DeepSpeed = Field("none", description="none, z0, z2, z3 or z3_offload (optimizer + params to CPU).")
+
+
+class SwanLabSpec(Strict):
+    project: str = Field(description="SwanLab project.")
+    experiment: str | None = Field(None, description="Experiment name; default the run directory's name.")
+    workspace: str | None = Field(None, description="SwanLab workspace (team).")
+    mode: Literal["cloud", "local", "offline", "disabled"] = Field(
+        "cloud", description="cloud needs SWANLAB_API_KEY in the environment; local keeps logs on disk."
+    )
+
+
+class TrackingSpec(Strict):
+    swanlab: SwanLabSpec | None = Field(None, description="Log to SwanLab (the API key comes from the env).")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name (folder-safe).")
+    description: str | None = Field(None, description="One line shown by `lfw recipes`.")
+    model: ModelSpec
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    stages: list[StageSpec] = Field(min_length=1, description="Stages run in order (e.g. sft then dpo).")
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    output_dir: str = Field("runs", description="Folder under which each run gets a new directory.")
+    llamafactory: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Raw LLaMA-Factory keys passed through as they are (checked against its argument classes).",
+    )
+
+    def stage_training(self, index: int) -> TrainingSpec:
+        """The training block of one stage: the recipe's, with the stage's overrides on top."""
+        overrides = self.stages[index].training
+        merged = self.training.model_dump()
+        if overrides is not None:
+            merged.update(overrides.model_dump(exclude_none=True))
+        return TrainingSpec.model_validate(merged)
+
+    def stage_dir_name(self, index: int) -> str:
+        stage = self.stages[index]
+        return stage.name or f"{index + 1}-{stage.stage}"

@@ -1,0 +1,268 @@
+"""Rendering: a validated recipe plus a target machine in, every file of a run out.
+
+One LLaMA-Factory train YAML per stage (Jinja2 templates, StrictUndefined), a DeepSpeed JSON when asked,
+and a dataset_info.json with absolute paths so the run works from any directory. Output is a pure function
+of (recipe, target, run directory, installed versions): render twice, get the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from lfw import __version__
+from lfw.errors import Problem, ProblemCollector, UserError
+from lfw.launch import Target, gradient_accumulation, precision_flags
+from lfw.lf_keys import KeySet, known_keys
+from lfw.recipe import DatasetSpec
+from lfw.recipe_loader import LoadedRecipe
+
+DATASET_INFO = "dataset_info.json"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file of a run: its name inside the run directory and its exact content."""
+
+    name: str
+    content: str
+
+
+@dataclass(frozen=True)
+class RenderedStage:
+    """What a stage needs at launch: its train YAML and the folder LLaMA-Factory writes to."""
+
+    index: int
+    name: str
+    config: str
+    output_dir: Path
+
+
+@dataclass(frozen=True)
+class Rendering:
+    files: list[RenderedFile]
+    stages: list[RenderedStage]
+
+    def write(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for item in self.files:
+            path = directory / item.name
+            path.write_text(item.content, encoding="utf-8")
+            written.append(path)
+        return written
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as YAML text: strings always quoted (JSON quoting is valid YAML), no surprises like 'no'."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("lfw") / "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["yaml"] = _yaml_scalar
+    return env
+
+
+def _formats() -> dict[str, Any]:
+    return json.loads((resources.files("lfw") / "dataset_info" / "formats.json").read_text())
+
+
+def resolve_path(text: str, base_dir: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def model_location(text: str, base_dir: Path) -> str:
+    """A local folder as an absolute path; anything else that looks like org/name stays a hub id."""
+    local = resolve_path(text, base_dir)
+    looks_local = text.startswith((".", "/", "~")) or local.exists() or text.count("/") > 1
+    return str(local) if looks_local else text
+
+
+def _dataset_entry(spec: DatasetSpec, path: Path, formats: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file_name": str(path)}
+    entry.update(json.loads(json.dumps(formats[spec.format])))
+    if spec.tags == "role_content":
+        entry["tags"] = dict(formats["role_content_tags"])
+    if spec.columns:
+        entry.setdefault("columns", {}).update(spec.columns)
+    return entry
+
+
+def _dataset_name(spec: DatasetSpec, path: Path) -> str:
+    return spec.name or re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem if path.suffix else path.name)
+
+
+def build_dataset_info(loaded: LoadedRecipe) -> tuple[dict[str, Any], list[list[str]]]:
+    """dataset_info.json for all stages, and each stage's dataset names; same data, same name."""
+    formats = _formats()
+    info: dict[str, Any] = {}
+    names_per_stage = []
+    for index, stage in enumerate(loaded.recipe.stages):
+        names = []
+        for ds_index, spec in enumerate(stage.datasets):
+            path = resolve_path(spec.path, loaded.base_dir)
+            entry = _dataset_entry(spec, path, formats)
+            name = _dataset_name(spec, path)
+            if name in info and info[name] != entry:
+                if spec.name:
+                    raise UserError([Problem(
+                        f"stages[{index}].datasets[{ds_index}].name", f"{name!r} already names other data",
+                        "give each dataset a distinct name",
+                    )])
+                suffix = 2
+                while f"{name}_{suffix}" in info and info[f"{name}_{suffix}"] != entry:
+                    suffix += 1
+                name = f"{name}_{suffix}"
+            info[name] = entry
+            names.append(name)
+        names_per_stage.append(names)
+    return info, names_per_stage
+
+
+def _media_dir(loaded: LoadedRecipe, stage_index: int) -> str | None:
+    """LLaMA-Factory resolves image paths against one media_dir: the multimodal data's own folder."""
+    folders = set()
+    for spec in loaded.recipe.stages[stage_index].datasets:
+        if spec.format == "multimodal" or spec.media_dir:
+            data_path = resolve_path(spec.path, loaded.base_dir)
+            folder = resolve_path(spec.media_dir, loaded.base_dir) if spec.media_dir else data_path.parent
+            folders.add(str(folder))
+    if len(folders) > 1:
+        raise UserError([Problem(
+            f"stages[{stage_index}].datasets", "multimodal datasets with media in different folders",
+            "set the same media_dir on each (LLaMA-Factory has one media_dir per run)",
+        )])
+    return folders.pop() if folders else None
+
+
+def _warmup(training: Any, keys: KeySet) -> tuple[str | None, float | int | None]:
+    """transformers 5 takes a ratio as a float warmup_steps and deprecates (5.17: rejects) warmup_ratio."""
+    if training.warmup_steps is not None:
+        return "warmup_steps", training.warmup_steps
+    if training.warmup_ratio is None:
+        return None, None
+    if int(keys.transformers.split(".")[0]) >= 5 or "warmup_ratio" not in keys:
+        return "warmup_steps", training.warmup_ratio
+    return "warmup_ratio", training.warmup_ratio
+
+
+def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
+    """Render every file of a run whose directory will be `run_dir` (absolute paths point into it)."""
+    recipe = loaded.recipe
+    run_dir = run_dir.resolve()
+    keys = known_keys()
+    env = _environment()
+    problems = ProblemCollector()
+    info, names_per_stage = build_dataset_info(loaded)
+
+    files = [RenderedFile(DATASET_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")]
+    deepspeed_path = None
+    if recipe.hardware.deepspeed != "none":
+        kind = recipe.hardware.deepspeed
+        stage_number = {"z0": 0, "z2": 2, "z3": 3, "z3_offload": 3}[kind]
+        content = env.get_template("deepspeed.json.j2").render(stage=stage_number, offload=kind == "z3_offload")
+        json.loads(content)  # the template must always give valid JSON
+        name = f"ds_{kind}.json"
+        files.append(RenderedFile(name, content))
+        deepspeed_path = str(run_dir / name)
+
+    method = recipe.method
+    finetuning_type = "lora" if method.type in ("lora", "qlora") else method.type
+    stages = []
+    previous_output: Path | None = None
+    model_path = model_location(recipe.model.path, loaded.base_dir)
+    for index, stage in enumerate(recipe.stages):
+        where = f"stages[{index}].training" if stage.training else "training"
+        training = recipe.stage_training(index)
+        try:
+            grad_accum = gradient_accumulation(training, target, where)
+            precision = precision_flags(training, target, where)
+        except UserError as err:
+            problems.problems.extend(err.problems)
+            continue
+        stage_name = recipe.stage_dir_name(index)
+        output_dir = run_dir / stage_name
+        # Later stages continue from the earlier one: a new adapter on top (LoRA) or the saved weights (full).
+        adapter_from = None
+        stage_model = model_path
+        if previous_output is not None:
+            if finetuning_type == "lora":
+                adapter_from = str(previous_output)
+            else:
+                stage_model = str(previous_output)
+        warmup_key, warmup_value = _warmup(training, keys)
+        swanlab = recipe.tracking.swanlab
+        context = {
+            "lfw_version": __version__,
+            "recipe_path": loaded.display_path,
+            "overrides": loaded.overrides,
+            "stage_number": index + 1,
+            "stage_count": len(recipe.stages),
+            "target_summary": target.describe(),
+            "run_hint": f"lfw run {loaded.display_path}",
+            "lf_version": keys.llamafactory,
+            "tf_version": keys.transformers,
+            "stage": stage,
+            "model": recipe.model,
+            "model_path": stage_model,
+            "adapter_from": adapter_from,
+            "quantization": method.quantization,
+            "finetuning_type": finetuning_type,
+            "lora": method.lora,
+            "lora_alpha": method.lora.alpha or 2 * method.lora.rank,
+            "freeze_trainable_layers": method.freeze_trainable_layers,
+            "deepspeed_path": deepspeed_path,
+            "dataset_dir": str(run_dir),
+            "dataset_names": names_per_stage[index],
+            "media_dir": _media_dir(loaded, index),
+            "training": training,
+            "output_dir": str(output_dir),
+            "swanlab": swanlab,
+            "swanlab_run_name": (swanlab.experiment if swanlab and swanlab.experiment else run_dir.name)
+            + f"-{stage_name}",
+            "grad_accum": grad_accum,
+            "warmup_key": warmup_key,
+            "warmup_value": warmup_value,
+            "precision": precision,
+            "distributed": target.world_size > 1,
+            "passthrough": {},
+        }
+        template = env.get_template("train.yaml.j2")
+        base_text = template.render(**context)
+        rendered_keys = set(yaml.safe_load(base_text))
+        for key in recipe.llamafactory:
+            if key in rendered_keys:
+                problems.add(
+                    f"llamafactory.{key}", "lfw already renders this key from the recipe",
+                    "set it through the recipe's own field (see `lfw recipes --fields`)",
+                )
+        for key in sorted(rendered_keys - keys.keys):
+            problems.add(f"rendered {key}", f"not accepted by LLaMA-Factory {keys.llamafactory}",
+                         "report this lfw bug; meanwhile pin the versions lfw supports")
+        text = template.render(**{**context, "passthrough": recipe.llamafactory})
+        config_name = f"{stage_name}.yaml"
+        files.append(RenderedFile(config_name, text))
+        stages.append(RenderedStage(index, stage_name, config_name, output_dir))
+        previous_output = output_dir
+    problems.raise_if_any(f"{loaded.path}: cannot render for {target.describe()}")
+    return Rendering(files, stages)

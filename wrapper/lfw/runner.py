@@ -1,0 +1,223 @@
+"""`lfw run`: check, render into a fresh run directory, launch each stage, record everything.
+
+A run directory is never reused: each run gets `<output_dir>/<name>/<timestamp>` (with a suffix if two start
+in the same second). LLaMA-Factory's output is teed into `logs/<stage>.log`; Ctrl-C stops the whole process
+tree (torchrun and its workers), not just the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from lfw.errors import ProblemCollector, UserError
+from lfw.launch import Target, launch_env
+from lfw.manifest import base_manifest, git_commit, now, safe_environment, write_manifest
+from lfw.progress import LOG_NAME, TrainingProgress
+from lfw.recipe_loader import LoadedRecipe
+from lfw.render import Rendering, model_location, render, resolve_path
+
+MANIFEST = "manifest.json"
+
+
+def llamafactory_cli() -> str:
+    """llamafactory-cli beside this interpreter (the lfw venv), else on PATH; LFW_LLAMAFACTORY_CLI wins."""
+    override = os.environ.get("LFW_LLAMAFACTORY_CLI")
+    if override:
+        return override
+    beside = Path(sys.executable).parent / "llamafactory-cli"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("llamafactory-cli")
+    if found is None:
+        raise UserError(
+            "llamafactory-cli not found: install the training extras (pip install 'lfw[train]') "
+            "or set LFW_LLAMAFACTORY_CLI to its path"
+        )
+    return found
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    """A directory that did not exist before this call (mkdir without exist_ok is the lock)."""
+    parent = root / name
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        candidate = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"could not create a new run directory under {parent}")
+
+
+def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str]) -> None:
+    """What must hold before any GPU time is spent; every problem reported at once."""
+    recipe = loaded.recipe
+    problems = ProblemCollector()
+    source = str(loaded.path)
+    model = model_location(recipe.model.path, loaded.base_dir)
+    if model.startswith("/") and not Path(model).is_dir():
+        problems.add(f"{source} model.path", f"model folder {model} does not exist",
+                     "fix the path (relative paths are relative to the recipe's folder)")
+    if target.device == "cuda" and not target.gpus:
+        problems.add(f"{source} hardware", "GPUs asked for but none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)",
+                     "run on a GPU machine, or set hardware.device: cpu for a CPU run")
+    swanlab = recipe.tracking.swanlab
+    if swanlab and swanlab.mode == "cloud" and not env.get("SWANLAB_API_KEY"):
+        problems.add(f"{source} tracking.swanlab.mode", "cloud logging needs SWANLAB_API_KEY in the environment",
+                     "export SWANLAB_API_KEY=... (never put it in the recipe), or use mode: local")
+    for s_index, stage in enumerate(recipe.stages):
+        for d_index, spec in enumerate(stage.datasets):
+            path = resolve_path(spec.path, loaded.base_dir)
+            if not path.exists():
+                problems.add(f"{source} stages[{s_index}].datasets[{d_index}].path", f"{path} does not exist",
+                             "fix the path (relative paths are relative to the recipe's folder)")
+    problems.raise_if_any("cannot start the run:")
+    check_data(loaded)
+
+
+def check_data(loaded: LoadedRecipe) -> None:
+    """Validate every dataset row before launch (lfw.datacheck), so bad data fails in seconds, not hours."""
+    try:
+        from lfw.datacheck import check_dataset
+    except ImportError:  # the checker ships in the same package; this guards partial installs only
+        return
+    for stage in loaded.recipe.stages:
+        for spec in stage.datasets:
+            check_dataset(resolve_path(spec.path, loaded.base_dir), fmt=spec.format).raise_for_errors()
+
+
+@dataclass
+class StageResult:
+    name: str
+    returncode: int
+    seconds: float
+    last_log: dict | None
+
+
+def _stop_group(proc: subprocess.Popen, console: Console) -> None:
+    """Ctrl-C: SIGINT the whole group (torchrun forwards it), then TERM, then KILL if it will not die."""
+    for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            console.print(f"[yellow]still running, sending {sig.name}[/]")
+
+
+def run_stage(cmd: list[str], env: dict[str, str], log_path: Path, trainer_log: Path, label: str,
+              console: Console, stream: bool) -> StageResult:
+    """Launch one stage in its own process group, tee its output, follow its progress."""
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log, TrainingProgress(trainer_log, label, console) as progress:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace")
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if stream:
+                    console.out(line.rstrip("\n"), highlight=False)
+            returncode = proc.wait()
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted: stopping {label} and all its processes[/]")
+            _stop_group(proc, console)
+            returncode = 130
+    return StageResult(label, returncode, time.monotonic() - started, progress.last)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def execute(loaded: LoadedRecipe, target: Target, *, dry_run: bool = False, stream: bool = False,
+            console: Console | None = None, output_root: Path | None = None) -> int:
+    """Run every stage of a recipe; returns the exit code of the first failing stage (0 when all pass)."""
+    console = console or Console()
+    env = dict(os.environ)
+    preflight(loaded, target, env)
+    recipe = loaded.recipe
+    deepspeed = recipe.hardware.deepspeed != "none"
+    extra_env = launch_env(target, deepspeed, env)
+    root = (output_root or Path(recipe.output_dir)).expanduser().resolve()
+    cli = llamafactory_cli() if not dry_run else "llamafactory-cli"
+    if dry_run:
+        run_dir = root / recipe.name / "<new-run>"
+        rendering = render(loaded, target, run_dir)
+        console.print(f"[bold]dry run[/]: would create {run_dir} with {', '.join(f.name for f in rendering.files)}")
+        console.print("environment added: " + " ".join(f"{k}={v}" for k, v in sorted(extra_env.items())))
+        for stage in rendering.stages:
+            console.print(f"stage {stage.name}: {cli} train {run_dir / stage.config}")
+        return 0
+    run_dir = new_run_dir(root, recipe.name)
+    try:
+        rendering = render(loaded, target, run_dir)
+    except UserError:
+        run_dir.rmdir()
+        raise
+    return _launch(loaded, target, rendering, run_dir, cli, extra_env, env, console, stream)
+
+
+def _launch(loaded: LoadedRecipe, target: Target, rendering: Rendering, run_dir: Path, cli: str,
+            extra_env: dict[str, str], env: dict[str, str], console: Console, stream: bool) -> int:
+    rendering.write(run_dir)
+    (run_dir / "recipe.yaml").write_text(loaded.path.read_text(encoding="utf-8"), encoding="utf-8")
+    full_env = {**env, **extra_env}
+    manifest = base_manifest(
+        run_dir=str(run_dir),
+        recipe={"path": str(loaded.path), "extends": [str(p) for p in loaded.chain[1:]],
+                "overrides": loaded.overrides, "resolved": loaded.recipe.model_dump(mode="json")},
+        files=[f.name for f in rendering.files],
+        git=git_commit(loaded.path.parent),
+        target={"device": target.device, "procs_per_node": target.procs_per_node, "nnodes": target.nnodes,
+                "node_rank": target.node_rank, "world_size": target.world_size,
+                "gpus": [gpu.as_dict() for gpu in target.gpus]},
+        launch_env=extra_env,
+        environment=safe_environment(full_env),
+        stages=[{"name": s.name, "config": s.config, "output_dir": str(s.output_dir),
+                 "command": [cli, "train", str(run_dir / s.config)], "status": "pending"}
+                for s in rendering.stages],
+        status="running",
+    )
+    manifest_path = run_dir / MANIFEST
+    write_manifest(manifest_path, manifest)
+    console.print(f"[bold]run directory[/]: {run_dir}  ({target.describe()})")
+    returncode = 0
+    for stage, record in zip(rendering.stages, manifest["stages"]):
+        record.update(status="running", started=now())
+        write_manifest(manifest_path, manifest)
+        log_path = run_dir / "logs" / f"{stage.name}.log"
+        result = run_stage(record["command"], full_env, log_path, stage.output_dir / LOG_NAME, stage.name,
+                           console, stream)
+        record.update(status="ok" if result.returncode == 0 else "failed", returncode=result.returncode,
+                      seconds=round(result.seconds, 1), finished=now(), last_log=result.last_log, log=str(log_path))
+        write_manifest(manifest_path, manifest)
+        if result.returncode != 0:
+            returncode = result.returncode
+            if returncode != 130 and not stream:
+                console.print(f"[red]stage {stage.name} failed (exit {returncode}); last lines of {log_path}:[/]")
+                console.out(_tail(log_path), highlight=False)
+            break
+        console.print(f"[green]stage {stage.name} done[/] in {result.seconds:.0f} s -> {stage.output_dir}")
+    manifest.update(status="ok" if returncode == 0 else ("interrupted" if returncode == 130 else "failed"),
+                    finished=now())
+    write_manifest(manifest_path, manifest)
+    return returncode

@@ -1,0 +1,449 @@
+"""A tiny Qwen3-architecture model, its byte-level BPE tokenizer and learnable demo datasets, built offline.
+
+Tests and the demo need a real model that LLaMA-Factory can train on a CPU in seconds, that can be merged,
+exported and served, without any model hub. This module builds one from scratch in a few seconds:
+
+* ``build_tiny_model(dir)``: a ~0.2M-parameter ``Qwen3ForCausalLM`` (float32 safetensors) plus a byte-level
+  BPE tokenizer with Qwen's ChatML special tokens and a Qwen3-style chat template, in one folder;
+* ``make_demo_data(dir)``: small synthetic datasets in LLaMA-Factory's alpaca, sharegpt, preference and KTO
+  formats, on tasks a tiny model learns in a few dozen steps (capitals, sums, echoing a word, translation);
+* ``ensure_tiny(root)`` / ``python -m lfw.tiny ROOT``: both of the above under ``ROOT/model`` and
+  ``ROOT/data``, skipped when already complete.
+
+Importing this module is cheap: torch, transformers and tokenizers are imported inside the functions only,
+so that lfw's CLI stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "ADDED_TOKENS",
+    "CHAT_TEMPLATE",
+    "DEMO_FILES",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "make_demo_data",
+    "demo_dataset_info",
+    "ensure_tiny",
+    "main",
+]
+
+# Bumped whenever the output of this module changes, so stale builds are rebuilt by ``ensure_tiny``.
+BUILDER_VERSION = 1
+
+#: Special tokens, ids 0, 1, 2 (Qwen's names, so LLaMA-Factory's qwen/chatml templates find them by string).
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+#: Ordinary added tokens (never split, not skipped when decoding), as in Qwen3's tokenizer.
+ADDED_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+#: Vocabulary size requested from the BPE trainer; the added tokens come on top of it.
+BPE_VOCAB_SIZE = 1536 - len(ADDED_TOKENS)
+MAX_POSITIONS = 2048
+_META = "lfw_tiny.json"  # completion marker written last by ensure_tiny
+
+# A ChatML template with Qwen3's conventions, written for this tokenizer: system first, tool calls and tool
+# responses in Qwen's XML tags, reasoning shown only for assistant turns after the last user turn, and
+# ``enable_thinking=False`` prefilling an empty think block in the generation prompt (as Qwen3 does), so that
+# train/serve template mismatches can be reproduced with the tiny model.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages and messages[0].role == 'system' -%}{{- messages[0].content + '\\n\\n' -}}{%- endif -%}"
+    "{{- '# Tools\\n\\nTo call a function, answer with <tool_call>\\n{\"name\": <name>, \"arguments\": <json>}"
+    "\\n</tool_call>. Available functions:\\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\\n</tools><|im_end|>\\n' -}}"
+    "{%- elif messages and messages[0].role == 'system' -%}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'system' -%}"
+    "{%- if not loop.first -%}{{- raise_exception('The system message must come first.') -}}{%- endif -%}"
+    "{%- elif m.role == 'user' -%}"
+    "{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'assistant' -%}"
+    "{%- set content = m.content if m.content is string else '' -%}"
+    "{%- set reasoning = m.reasoning_content if m.reasoning_content is string else '' -%}"
+    "{%- if '</think>' in content -%}"
+    "{%- set reasoning = content.split('</think>')[0].split('<think>')[-1].strip('\\n') -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if loop.index0 > ns.last_user and reasoning -%}"
+    "{{- '<think>\\n' + reasoning + '\\n</think>\\n\\n' -}}"
+    "{%- endif -%}"
+    "{{- content -}}"
+    "{%- if m.tool_calls -%}"
+    "{%- for call in m.tool_calls -%}"
+    "{%- set f = call.function if call.function is defined else call -%}"
+    "{%- if content or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' -}}"
+    "{{- (f.arguments if f.arguments is string else (f.arguments | tojson)) + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+# ----------------------------------------------------------------------------------------------------------
+# Demo tasks: fixed, tiny vocabularies so that a 0.2M-parameter model visibly learns them in ~20-50 steps.
+CAPITALS = (
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Egypt", "Cairo"),
+    ("Spain", "Madrid"),
+    ("China", "Beijing"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+)
+ECHO_WORDS = ("apple", "river", "green", "cloud", "stone", "tiger", "piano", "lemon", "happy", "light")
+ZH_EN = (("猫", "cat"), ("狗", "dog"), ("水", "water"), ("火", "fire"), ("山", "mountain"), ("书", "book"))
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+#: Name of each demo dataset -> file name; ``make_demo_data`` returns the same keys.
+DEMO_FILES = {
+    "sft_alpaca": "sft_alpaca.json",
+    "sft_sharegpt": "sft_sharegpt.json",
+    "dpo_pairs": "dpo_pairs.json",
+    "kto": "kto.json",
+}
+
+# Tokenizer corpus extras: general English and Chinese so that any text tokenizes into sensible pieces.
+_EN_WORDS = (
+    "the of and to in is it you that he was for on are with as his they be at one have this from or had by "
+    "word but what some we can out other were all there when up use your how said an each she which do "
+    "their time if will way about many then them write would like so these her long make thing see him two "
+    "has look more day could go come did number sound no most people my over know water than call first who "
+    "may down side been now find any new work part take get place made live where after back little only "
+    "round man year came show every good me give our under name very through just form sentence great think "
+    "say help low line differ turn cause much mean before move right boy old too same tell does set three "
+    "want air well also play small end put home read hand port large spell add even land here must big high "
+    "such follow act why ask men change went kind off need house picture try us again animal point mother "
+    "world near build self earth father head stand own page should country found answer school grow study "
+    "still learn plant cover food sun four between state keep eye never last let thought city tree cross "
+    "farm hard start might story saw far sea draw left late run while press close night real life few north "
+    "question capital repeat translate english chinese sum plus minus equals model train data assistant "
+    "user system hello yes please thank sorry true false null json function arguments result error value"
+)
+_ZH_TEXT = (
+    "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后"
+    "小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长"
+    "知民样现分将外但身些与高意进把法此实回二理美点月明其种声全工己话儿者向情部正名定女问力机给等几很业最"
+    "间新什打便位因重被走电四第门相次东政海口使教西再平真听世气信北少关并内加化由却代军产入先山五太水万市"
+    "眼体别处总才场师书比住员九笑性通目华报立马命张活难神数件安表原车白应路期叫死常提感金何更反合放做系计"
+    "你好谢谢再见猫狗火书请问答案首都中国北京翻译英文数字加减等于是否对错"
+)
+_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ ，。！？、：；“”‘’（）《》【】…—"
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Return a fixed text corpus (independent of any seed) covering the demo data and general text."""
+    rng = random.Random(1234)
+    words = _EN_WORDS.split()
+    words += [w for pair in CAPITALS for w in pair] + list(ECHO_WORDS) + [en for _, en in ZH_EN]
+    lines: list[str] = []
+    for _ in range(1500):
+        n = rng.randint(3, 12)
+        sent = " ".join(rng.choice(words) for _ in range(n))
+        lines.append(sent[0].upper() + sent[1:] + rng.choice(".?!,;:"))
+    lines += [w.capitalize() for w in words] + [w.upper() for w in words[:60]]
+    zh = _ZH_TEXT
+    for _ in range(800):
+        start = rng.randrange(len(zh))
+        lines.append(zh[start : start + rng.randint(2, 8)] + rng.choice("，。！？"))
+    lines += [f"{a}+{b}={a + b}" for a in range(20) for b in range(20)]
+    lines += [f"What is {a}+{b}? {a + b}" for a in range(10) for b in range(10)]
+    lines += [str(n) for n in range(1000)] + [_PUNCT, _PUNCT.replace(" ", "")]
+    lines += ["<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n", "<|im_start|>user\n", "<|im_start|>assistant\n"]
+    lines += ["<think>\n\n</think>\n\n", "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"]
+    lines += ["\n", "\n\n", "    ", "\t", "  "]
+    # The demo data itself, so that its words become single tokens.
+    lines += [json.dumps(row, ensure_ascii=False) for row in _sft_rows(random.Random(0), 64)]
+    return lines
+
+
+def build_tiny_tokenizer(out_dir: Path):
+    """Train the byte-level BPE tokenizer and save it as a Qwen2-compatible fast tokenizer folder.
+
+    Byte-level BPE means every string is encodable (no unknown token), as with Qwen; digits are split one by
+    one so that arithmetic stays learnable. The tokenizer is the same for every seed. Returns the
+    ``PreTrainedTokenizerFast`` it saved.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=MAX_POSITIONS,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+        chat_template=CHAT_TEMPLATE,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    """Build the tiny Qwen3 model and its tokenizer into ``out_dir`` (replaced if present); return it.
+
+    Sizes are the smallest that keep Qwen3's structure intact (grouped-query attention with 2 KV heads,
+    q/k norms, tied embeddings), so LLaMA-Factory, PEFT (``lora_target: all``), DeepSpeed and vLLM treat it
+    like a real Qwen3. The weights depend only on ``seed``. The folder is written next to ``out_dir`` and
+    moved into place at the end, so a crash never leaves a half-written model behind.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tokenizer = build_tiny_tokenizer(tmp)
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        config = Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=MAX_POSITIONS,
+            max_window_layers=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            tie_word_embeddings=True,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            dtype="float32",
+        )
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(config).to(torch.float32).eval()
+        model.generation_config = GenerationConfig(
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+            pad_token_id=ids["<|endoftext|>"],
+            do_sample=False,
+            max_new_tokens=32,
+        )
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Demo data
+
+
+def _qa(rng: random.Random) -> tuple[str, str, str, str]:
+    """Draw one task instance: (instruction, input, correct answer, plausible wrong answer)."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        country, capital = rng.choice(CAPITALS)
+        wrong = rng.choice([c for _, c in CAPITALS if c != capital])
+        return f"What is the capital of {country}?", "", capital, wrong
+    if kind == 1:
+        a, b = rng.randrange(10), rng.randrange(10)
+        return f"What is {a}+{b}?", "", str(a + b), str((a + b + rng.randint(1, 5)) % 19)
+    if kind == 2:
+        word = rng.choice(ECHO_WORDS)
+        return "Repeat the word.", word, word, rng.choice([w for w in ECHO_WORDS if w != word])
+    zh, en = rng.choice(ZH_EN)
+    return "Translate to English.", zh, en, rng.choice([e for _, e in ZH_EN if e != en])
+
+
+def _prompt(instruction: str, inp: str) -> str:
+    """Join instruction and input the way LLaMA-Factory's alpaca converter does."""
+    return f"{instruction}\n{inp}" if inp else instruction
+
+
+def _sft_rows(rng: random.Random, rows: int) -> list[dict]:
+    return [dict(zip(("instruction", "input", "output"), _qa(rng)[:3])) for _ in range(rows)]
+
+
+def _sharegpt_rows(rng: random.Random, rows: int) -> list[dict]:
+    out = []
+    for i in range(rows):
+        conv = [{"from": "system", "value": SYSTEM_PROMPT}] if i % 4 == 0 else []
+        for _ in range(1 + (i % 3 == 0)):  # every third conversation has two turns
+            instruction, inp, answer, _ = _qa(rng)
+            conv += [{"from": "human", "value": _prompt(instruction, inp)}, {"from": "gpt", "value": answer}]
+        out.append({"conversations": conv})
+    return out
+
+
+def _dpo_rows(rng: random.Random, rows: int) -> list[dict]:
+    keys = ("instruction", "input", "chosen", "rejected")
+    return [dict(zip(keys, _qa(rng))) for _ in range(rows)]
+
+
+def _kto_rows(rng: random.Random, rows: int) -> list[dict]:
+    out = []
+    for i in range(rows):
+        instruction, inp, answer, wrong = _qa(rng)
+        good = i % 2 == 0
+        messages = [
+            {"role": "user", "content": _prompt(instruction, inp)},
+            {"role": "assistant", "content": answer if good else wrong},
+        ]
+        out.append({"messages": messages, "kto_tag": good})
+    return out
+
+
+def make_demo_data(out_dir: Path, seed: int = 0, rows: int = 64) -> dict[str, Path]:
+    """Write the four demo datasets into ``out_dir`` and return ``{name: path}`` (names as in DEMO_FILES).
+
+    Answers are short and drawn from small fixed sets, so the loss drops quickly even for the tiny model;
+    preference and KTO rows pair each correct answer with a plausible wrong one. Register them with
+    ``demo_dataset_info`` (or lfw's recipe formats: alpaca, sharegpt, preference pairs, kto).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    makers = {
+        "sft_alpaca": _sft_rows,
+        "sft_sharegpt": _sharegpt_rows,
+        "dpo_pairs": _dpo_rows,
+        "kto": _kto_rows,
+    }
+    paths = {}
+    for offset, (name, maker) in enumerate(makers.items()):
+        data = maker(random.Random(seed * 1000 + offset), rows)
+        path = out_dir / DEMO_FILES[name]
+        _write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+        paths[name] = path
+    return paths
+
+
+def demo_dataset_info(paths: dict[str, Path]) -> dict[str, dict]:
+    """LLaMA-Factory ``dataset_info.json`` entries for ``make_demo_data``'s files (absolute file names)."""
+    entries: dict[str, dict] = {
+        "sft_alpaca": {},
+        "sft_sharegpt": {"formatting": "sharegpt", "columns": {"messages": "conversations"}},
+        "dpo_pairs": {
+            "ranking": True,
+            "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
+        },
+        "kto": {
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "kto_tag": "kto_tag"},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+        },
+    }
+    return {name: {"file_name": str(Path(paths[name]).resolve()), **entries[name]} for name in paths}
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically, so that a concurrent reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Build-once entry point
+
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def _is_complete(root: Path, seed: int, rows: int) -> bool:
+    try:
+        meta = json.loads((root / _META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    wanted = {"version": BUILDER_VERSION, "seed": seed, "rows": rows}
+    if any(meta.get(k) != v for k, v in wanted.items()):
+        return False
+    files = [root / "model" / f for f in _MODEL_FILES] + [root / "data" / f for f in DEMO_FILES.values()]
+    return all(f.is_file() for f in files)
+
+
+def ensure_tiny(root: Path, seed: int = 0, rows: int = 64, force: bool = False) -> dict[str, Path]:
+    """Build ``root/model`` and ``root/data/*.json`` unless a complete build with these settings exists.
+
+    Returns ``{"model": dir, <dataset name>: file, ...}``. The marker ``root/lfw_tiny.json`` is written last,
+    so an interrupted build is redone on the next call.
+    """
+    root = Path(root)
+    paths: dict[str, Path] = {"model": root / "model"}
+    paths.update({name: root / "data" / f for name, f in DEMO_FILES.items()})
+    if not force and _is_complete(root, seed, rows):
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    (root / _META).unlink(missing_ok=True)
+    build_tiny_model(paths["model"], seed=seed)
+    make_demo_data(root / "data", seed=seed, rows=rows)
+    meta = {"version": BUILDER_VERSION, "seed": seed, "rows": rows}
+    _write_text(root / _META, json.dumps(meta, indent=1) + "\n")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lfw.tiny OUT_DIR``: build (or reuse) the tiny model and demo data, print their paths."""
+    parser = argparse.ArgumentParser(prog="python -m lfw.tiny", description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="root folder; gets model/ and data/")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (default 0)")
+    parser.add_argument("--rows", type=int, default=64, help="rows per demo dataset (default 64)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    reused = not args.force and _is_complete(args.out_dir, args.seed, args.rows)
+    paths = ensure_tiny(args.out_dir, seed=args.seed, rows=args.rows, force=args.force)
+    for name, path in paths.items():
+        print(f"{name}\t{path.resolve()}")
+    verb = "reused" if reused else "built"
+    print(f"{verb} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
