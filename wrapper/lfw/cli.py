@@ -42,6 +42,18 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+    def invoke(self, ctx: click.Context) -> object:
+        # User errors: one clear message, exit 2, no traceback (copier's _handle_exceptions pattern).
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.secho(f"error: {err.render()}", fg="red", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lfw")
 def cli() -> None:
@@ -49,21 +61,12 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and turn user errors into a clean message and exit code."""
+    """Entry point (also for tests): returns the exit code instead of exiting."""
     try:
-        result = cli.main(args=argv, prog_name="lfw", standalone_mode=False)
-    except UserError as err:
-        click.secho(f"error: {err.render()}", fg="red", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Exit as err:
-        return err.exit_code
-    return result if isinstance(result, int) else 0
+        cli.main(args=argv, prog_name="lfw", standalone_mode=True)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

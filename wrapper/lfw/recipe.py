@@ -7,9 +7,9 @@ This module is pure: no click, no torch.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, create_model, model_validator
 
 Method = Literal["lora", "qlora", "full", "freeze"]
 StageKind = Literal["sft", "dpo", "kto", "pt", "rm"]
@@ -158,8 +158,14 @@ class StageSpec(Strict):
         return self
 
 
+def _gpu_count(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(f"gpus is auto or a whole number of at least 1 (got {value!r})")
+
+
 class HardwareSpec(Strict):
-    gpus: Literal["auto"] | PositiveInt = Field(
+    gpus: Annotated[Literal["auto"] | int, BeforeValidator(_gpu_count)] = Field(
         "auto", description="GPUs per node: auto (all visible) or N. With device: cpu, the number of processes."
     )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when GPUs are visible.")

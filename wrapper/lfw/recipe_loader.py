@@ -7,6 +7,7 @@ and reports all of them at once.
 from __future__ import annotations
 
 import copy
+import re
 import difflib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +21,7 @@ from lfw.errors import Problem, ProblemCollector, UserError
 from lfw.recipe import Recipe
 
 BUNDLED_PREFIX = "recipes/"
+_LINE = re.compile(r":(\d+) ")
 
 
 @dataclass
@@ -234,10 +236,10 @@ def validation_problems(err: ValidationError, source: str, lines: dict[tuple, in
         else:
             message = item["msg"].removeprefix("Value error, ")
             got = item.get("input")
-            if kind.startswith(("literal_error", "enum")) or not isinstance(got, (dict, list)):
+            if kind != "value_error" and not isinstance(got, (dict, list)):
                 message += f" (got {got!r})"
             problems.append(Problem(where, message))
-    return problems
+    return sorted(problems, key=lambda p: int(m.group(1)) if (m := _LINE.search(p.where)) else 0)
 
 
 def load_recipe(path_text: str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:

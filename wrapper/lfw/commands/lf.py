@@ -13,7 +13,7 @@ import click
     add_help_option=False,
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def lf(args: tuple[str, ...]) -> int:
+def lf(args: tuple[str, ...]) -> None:
     """Pass ARGS to llamafactory-cli as they are (--help included), with lfw's launch environment.
 
     Example: lfw lf train my.yaml
@@ -24,4 +24,4 @@ def lf(args: tuple[str, ...]) -> int:
 
     target = resolve_target(HardwareSpec())
     env = {**os.environ, **launch_env(target, deepspeed=False)}
-    return subprocess.call([llamafactory_cli(), *args], env=env)
+    raise SystemExit(subprocess.call([llamafactory_cli(), *args], env=env))

@@ -18,7 +18,7 @@ from lfw.commands.options import gpus_option, recipe_argument, set_option
 @gpus_option
 @set_option
 def run(recipe: str, dry_run: bool, stream: bool, output_dir: Path | None, gpus: int | None,
-        overrides: tuple[str, ...]) -> int:
+        overrides: tuple[str, ...]) -> None:
     """Check the recipe and data, render into a new run directory, launch every stage.
 
     Example: lfw run recipes/tiny_cpu_demo.yml
@@ -29,4 +29,6 @@ def run(recipe: str, dry_run: bool, stream: bool, output_dir: Path | None, gpus:
 
     loaded = load_recipe(recipe, overrides)
     target = resolve_target(loaded.recipe.hardware, gpus)
-    return execute(loaded, target, dry_run=dry_run, stream=stream, output_root=output_dir)
+    code = execute(loaded, target, dry_run=dry_run, stream=stream, output_root=output_dir)
+    if code:
+        raise SystemExit(code)

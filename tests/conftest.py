@@ -1,0 +1,74 @@
+"""Shared fixtures: the tiny model, recipe files written on the fly, a CliRunner, golden files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="Rewrite golden files from current output.")
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny Qwen3 model and demo data, built once per session (seconds)."""
+    from lfw.tiny import ensure_tiny
+
+    shared = REPO / "build" / "tiny"  # reuse `make tiny`'s build when present
+    root = shared if (shared / "lfw_tiny.json").is_file() else tmp_path_factory.mktemp("tiny")
+    return ensure_tiny(root)
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path):
+    """Write a recipe dict (or text) to a YAML file in tmp_path and return its path."""
+
+    def write(content: dict | str, name: str = "recipe.yml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def minimal_recipe(**changes) -> dict:
+    """A small valid recipe; keyword arguments replace top-level blocks."""
+    recipe = {
+        "name": "t",
+        "model": {"path": "Qwen/Qwen3-0.6B", "template": "qwen3_nothink"},
+        "training": {"global_batch_size": 8, "micro_batch_size": 2, "max_steps": 5},
+        "stages": [{"stage": "sft", "datasets": [{"path": "data.json", "format": "alpaca"}]}],
+        "hardware": {"device": "cpu"},
+    }
+    recipe.update(changes)
+    return recipe
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without launch variables that would leak into tests."""
+    drop = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "FORCE_TORCHRUN", "NPROC_PER_NODE")
+    return {k: v for k, v in os.environ.items() if k not in drop}
