@@ -222,13 +222,13 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
 def validation_problems(err: ValidationError, source: str, lines: dict[tuple, int]) -> list[Problem]:
     problems = []
     for item in err.errors():
-        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and "[" in p))  # drop union tags
+        loc = tuple(item["loc"])
         line = _line_for(loc, lines)
         where = f"{source}:{line} {format_loc(loc)}" if line else f"{source} {format_loc(loc)}"
         kind = item["type"]
         if kind == "extra_forbidden":
             valid = _fields_at(Recipe, loc)
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1) if loc else []
             fix = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(valid)}"
             problems.append(Problem(where, "unknown key", fix))
         elif kind == "missing":
