@@ -42,8 +42,8 @@ class Target:
         return all(gpu.bf16 for gpu in used) if used else None
 
     def describe(self) -> str:
-        unit = "GPU" if self.device == "cuda" else "CPU process"
-        text = f"{self.procs_per_node} {unit}{'s' if self.procs_per_node != 1 else ''}"
+        unit = ("GPU", "GPUs") if self.device == "cuda" else ("CPU process", "CPU processes")
+        text = f"{self.procs_per_node} {unit[self.procs_per_node != 1]}"
         if self.nnodes > 1:
             text += f" x {self.nnodes} nodes"
         return text

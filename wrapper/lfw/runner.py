@@ -180,7 +180,9 @@ def _launch(loaded: LoadedRecipe, target: Target, rendering: Rendering, run_dir:
             extra_env: dict[str, str], env: dict[str, str], console: Console, stream: bool) -> int:
     rendering.write(run_dir)
     (run_dir / "recipe.yaml").write_text(loaded.path.read_text(encoding="utf-8"), encoding="utf-8")
-    full_env = {**env, **extra_env}
+    # llamafactory-cli starts `torchrun` by name: the venv's bin must be on PATH even when lfw was not activated.
+    path = os.pathsep.join([str(Path(cli).parent), env.get("PATH", "")])
+    full_env = {**env, **extra_env, "PATH": path}
     manifest = base_manifest(
         run_dir=str(run_dir),
         recipe={"path": str(loaded.path), "extends": [str(p) for p in loaded.chain[1:]],

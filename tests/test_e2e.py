@@ -1,0 +1,164 @@
+"""End to end on CPU with the tiny model: real LLaMA-Factory training launched by `lfw run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lfw.cli import main
+from lfw.progress import read_trainer_log
+from lfw.runner import new_run_dir
+
+
+def tiny_recipe(tiny: dict[str, Path], **changes) -> dict:
+    recipe = {
+        "name": "e2e",
+        "model": {"path": str(tiny["model"]), "template": "qwen3_nothink"},
+        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
+        "training": {"global_batch_size": 8, "micro_batch_size": 4, "cutoff_len": 128, "max_steps": 12,
+                     "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 100},
+        "stages": [{"stage": "sft", "datasets": [{"path": str(tiny["sft_alpaca"]), "format": "alpaca"}]}],
+        "hardware": {"device": "cpu"},
+    }
+    recipe.update(changes)
+    return recipe
+
+
+def run_recipe(recipe: dict, tmp_path: Path, *extra: str) -> tuple[int, Path | None]:
+    path = tmp_path / "recipe.yml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    root = tmp_path / "runs"
+    code = main(["run", str(path), "--output-dir", str(root), *extra])
+    runs = sorted((root / recipe["name"]).iterdir()) if (root / recipe["name"]).is_dir() else []
+    return code, (runs[-1] if runs else None)
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def assert_complete(run_dir: Path, stages: list[str]) -> dict:
+    data = manifest(run_dir)
+    assert data["status"] == "ok", data
+    assert [s["name"] for s in data["stages"]] == stages and all(s["status"] == "ok" for s in data["stages"])
+    for name in ("dataset_info.json", "recipe.yaml", *(f"{s}.yaml" for s in stages)):
+        assert (run_dir / name).is_file(), name
+    for stage in stages:
+        assert (run_dir / "logs" / f"{stage}.log").stat().st_size > 0
+        assert read_trainer_log(run_dir / stage / "trainer_log.jsonl"), f"{stage} logged no steps"
+    assert data["versions"]["llamafactory"] == "0.9.5" and data["versions"]["torch"]
+    return data
+
+
+def losses(run_dir: Path, stage: str) -> list[float]:
+    return [r["loss"] for r in read_trainer_log(run_dir / stage / "trainer_log.jsonl") if "loss" in r]
+
+
+@pytest.mark.slow
+def test_lora_sft_then_dpo(tiny, tmp_path, offline_env):
+    recipe = tiny_recipe(tiny)
+    recipe["stages"].append({"stage": "dpo", "pref_beta": 0.1, "training": {"max_steps": 6, "learning_rate": 1e-3},
+                             "datasets": [{"path": str(tiny["dpo_pairs"]), "format": "preference"}]})
+    code, run_dir = run_recipe(recipe, tmp_path)
+    assert code == 0 and run_dir is not None
+    data = assert_complete(run_dir, ["1-sft", "2-dpo"])
+    assert (run_dir / "1-sft" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "2-dpo" / "adapter_model.safetensors").is_file()
+    sft = losses(run_dir, "1-sft")
+    assert sft[-1] < sft[0], sft  # it learned something
+    assert "FORCE_TORCHRUN" not in data["launch_env"]
+    assert data["stages"][1]["command"][-1] == str(run_dir / "2-dpo.yaml")
+
+
+@pytest.mark.slow
+def test_full_sft(tiny, tmp_path, offline_env):
+    code, run_dir = run_recipe(tiny_recipe(tiny, method={"type": "full"}), tmp_path)
+    assert code == 0
+    assert_complete(run_dir, ["1-sft"])
+    assert (run_dir / "1-sft" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_torchrun(tiny, tmp_path, offline_env):
+    """NPROC_PER_NODE=2 on CPU (gloo): proves the FORCE_TORCHRUN path for real."""
+    recipe = tiny_recipe(tiny, hardware={"device": "cpu", "gpus": 2})
+    recipe["training"]["max_steps"] = 6
+    code, run_dir = run_recipe(recipe, tmp_path)
+    assert code == 0
+    data = assert_complete(run_dir, ["1-sft"])
+    assert data["launch_env"]["FORCE_TORCHRUN"] == "1" and data["launch_env"]["NPROC_PER_NODE"] == "2"
+    config = yaml.safe_load((run_dir / "1-sft.yaml").read_text())
+    assert config["gradient_accumulation_steps"] == 1  # 8 = 4 per process x 2 processes x 1
+    assert "world size: 2" in (run_dir / "logs" / "1-sft.log").read_text()
+
+
+@pytest.mark.slow
+def test_failed_stage_propagates_exit_code(tiny, tmp_path, offline_env):
+    recipe = tiny_recipe(tiny)
+    recipe["model"]["template"] = "no_such_template"
+    code, run_dir = run_recipe(recipe, tmp_path)
+    assert code not in (0, 2)
+    data = manifest(run_dir)
+    assert data["status"] == "failed" and data["stages"][0]["status"] == "failed"
+
+
+def test_run_dirs_never_clobber(tmp_path):
+    first, second = new_run_dir(tmp_path, "x"), new_run_dir(tmp_path, "x")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+FAKE_TRAINER = """\
+#!{python}
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+open({pids!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
+time.sleep(300)
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's zombie waits for a PID 1 that may never reap it in containers)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def test_ctrl_c_stops_the_whole_process_tree(tmp_path, tiny):
+    """SIGINT to lfw stops llamafactory-cli and its workers (a stand-in tree; real runs are above)."""
+    pids_file = tmp_path / "pids"
+    exe = tmp_path / "llamafactory-cli"
+    exe.write_text(FAKE_TRAINER.format(python=sys.executable, pids=str(pids_file)))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny)))
+    env = {**os.environ, "LFW_LLAMAFACTORY_CLI": str(exe)}
+    proc = subprocess.Popen([sys.executable, "-m", "lfw.cli", "run", str(recipe), "--output-dir",
+                             str(tmp_path / "runs")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while not pids_file.exists() or len(pids_file.read_text().split()) < 2:
+        assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    time.sleep(0.5)
+    for pid in map(int, pids_file.read_text().split()):
+        assert not alive(pid), f"process {pid} survived Ctrl-C"
+    run_dir = next((tmp_path / "runs" / "e2e").iterdir())
+    assert manifest(run_dir)["status"] == "interrupted"
+
+
+def test_help_text_of_run_mentions_dry_run():
+    assert "--dry-run" in subprocess.run([sys.executable, "-m", "lfw.cli", "run", "--help"], capture_output=True,
+                                         text=True).stdout
