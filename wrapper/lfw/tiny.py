@@ -62,7 +62,7 @@ CHAT_TEMPLATE = (
     "{%- if tools -%}"
     "{{- '<|im_start|>system\\n' -}}"
     "{%- if messages and messages[0].role == 'system' -%}{{- messages[0].content + '\\n\\n' -}}{%- endif -%}"
-    "{{- '# Tools\\n\\nTo call a function, answer with <tool_call>\\n{\"name\": <name>, \"arguments\": <json>}"
+    '{{- \'# Tools\\n\\nTo call a function, answer with <tool_call>\\n{"name": <name>, "arguments": <json>}'
     "\\n</tool_call>. Available functions:\\n<tools>' -}}"
     "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
     "{{- '\\n</tools><|im_end|>\\n' -}}"
@@ -90,7 +90,7 @@ CHAT_TEMPLATE = (
     "{%- for call in m.tool_calls -%}"
     "{%- set f = call.function if call.function is defined else call -%}"
     "{%- if content or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
-    "{{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' -}}"
+    '{{- \'<tool_call>\\n{"name": "\' + f.name + \'", "arguments": \' -}}'
     "{{- (f.arguments if f.arguments is string else (f.arguments | tojson)) + '}\\n</tool_call>' -}}"
     "{%- endfor -%}"
     "{%- endif -%}"
@@ -123,6 +123,9 @@ CAPITALS = (
 ECHO_WORDS = ("apple", "river", "green", "cloud", "stone", "tiger", "piano", "lemon", "happy", "light")
 ZH_EN = (("猫", "cat"), ("狗", "dog"), ("水", "water"), ("火", "fire"), ("山", "mountain"), ("书", "book"))
 SYSTEM_PROMPT = "You are a helpful assistant."
+# Half of the rejected (and KTO-undesirable) answers are refusals: a preference that does not depend on the
+# question, so DPO/KTO show progress within a few steps even on a random model.
+REFUSALS = ("I don't know.", "I cannot answer that.")
 
 #: Name of each demo dataset -> file name; ``make_demo_data`` returns the same keys.
 DEMO_FILES = {
@@ -178,8 +181,12 @@ def _tokenizer_corpus() -> list[str]:
     lines += [f"{a}+{b}={a + b}" for a in range(20) for b in range(20)]
     lines += [f"What is {a}+{b}? {a + b}" for a in range(10) for b in range(10)]
     lines += [str(n) for n in range(1000)] + [_PUNCT, _PUNCT.replace(" ", "")]
-    lines += ["<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n", "<|im_start|>user\n", "<|im_start|>assistant\n"]
-    lines += ["<think>\n\n</think>\n\n", "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"]
+    lines += [
+        "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n",
+        "<|im_start|>user\n",
+        "<|im_start|>assistant\n",
+    ]
+    lines += ["<think>\n\n</think>\n\n", '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>']
     lines += ["\n", "\n\n", "    ", "\t", "  "]
     # The demo data itself, so that its words become single tokens.
     lines += [json.dumps(row, ensure_ascii=False) for row in _sft_rows(random.Random(0), 64)]
@@ -187,23 +194,27 @@ def _tokenizer_corpus() -> list[str]:
 
 
 def build_tiny_tokenizer(out_dir: Path):
-    """Train the byte-level BPE tokenizer and save it as a Qwen2-compatible fast tokenizer folder.
+    """Train the byte-level BPE tokenizer and save it as a Qwen2Tokenizer folder; return it reloaded.
 
-    Byte-level BPE means every string is encodable (no unknown token), as with Qwen; digits are split one by
-    one so that arithmetic stays learnable. The tokenizer is the same for every seed. Returns the
-    ``PreTrainedTokenizerFast`` it saved.
+    The pipeline (NFC, Qwen2's pre-tokenizer regex, which splits digits one by one, byte-level BPE without
+    unknown token) and the ``tokenizer_class`` are Qwen's, so that transformers 4.x (``Qwen2TokenizerFast``),
+    transformers 5.x (``Qwen2Tokenizer``, which rebuilds its pipeline from vocab and merges) and vLLM
+    tokenize identically, treating it as a real Qwen3 tokenizer. The tokenizer is the same for every seed.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
-    from transformers import PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = BpeTrainer(
         vocab_size=BPE_VOCAB_SIZE,
         min_frequency=2,
@@ -214,18 +225,52 @@ def build_tiny_tokenizer(out_dir: Path):
     tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
 
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        model_max_length=MAX_POSITIONS,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        chat_template=CHAT_TEMPLATE,
-    )
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out_dir))
-    return fast
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(out_dir))
+    # Written by hand rather than by save_pretrained, whose output differs between transformers 4 and 5: this
+    # is the shape of a real Qwen3 tokenizer_config.json, readable by both (vLLM may run either).
+    added = [
+        {"id": tok.token_to_id(t), "content": t, "special": t in SPECIAL_TOKENS}
+        for t in SPECIAL_TOKENS + ADDED_TOKENS
+    ]
+    tokenizer_config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": {
+            str(t["id"]): {
+                "content": t["content"],
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": t["special"],
+            }
+            for t in added
+        },
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "add_prefix_space": False,
+        "errors": "replace",
+        "split_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": MAX_POSITIONS,
+        "padding_side": "right",
+        "chat_template": CHAT_TEMPLATE,
+    }
+    _write_text(
+        out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, ensure_ascii=False, indent=2) + "\n"
+    )
+    _write_text(out_dir / "chat_template.jinja", CHAT_TEMPLATE)
+    (out_dir / "special_tokens_map.json").unlink(missing_ok=True)
+
+    loaded = AutoTokenizer.from_pretrained(str(out_dir))
+    probe = "<|im_start|>user\nWhat is 12+30? 北京<think>\n\n</think> ok<|im_end|>\n"
+    if loaded.encode(probe, add_special_tokens=False) != tok.encode(probe, add_special_tokens=False).ids:
+        raise RuntimeError("the saved tiny tokenizer does not reload identically")  # transformers changed
+    return loaded
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
@@ -242,6 +287,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make the model private to this user
     try:
         tokenizer = build_tiny_tokenizer(tmp)
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -255,6 +301,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
             head_dim=16,
             max_position_embeddings=MAX_POSITIONS,
             max_window_layers=2,
+            # 10000 is also transformers 4.x's default, which ignores ``rope_parameters``: same model there.
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             tie_word_embeddings=True,
             bos_token_id=ids["<|endoftext|>"],
@@ -262,8 +309,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
             pad_token_id=ids["<|endoftext|>"],
             dtype="float32",
         )
-        torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config).to(torch.float32).eval()
+        with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG state
+            torch.manual_seed(seed)
+            model = Qwen3ForCausalLM(config).to(torch.float32).eval()
         model.generation_config = GenerationConfig(
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
@@ -286,20 +334,32 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
 
 
 def _qa(rng: random.Random) -> tuple[str, str, str, str]:
-    """Draw one task instance: (instruction, input, correct answer, plausible wrong answer)."""
+    """Draw one task instance: (instruction, input, correct answer, plausible wrong answer).
+
+    Answers restate the question in a fixed pattern, so most answer tokens can be copied from the prompt
+    and the loss falls fast; the one fact per answer is what the model must actually learn.
+    """
     kind = rng.randrange(4)
     if kind == 0:
         country, capital = rng.choice(CAPITALS)
         wrong = rng.choice([c for _, c in CAPITALS if c != capital])
-        return f"What is the capital of {country}?", "", capital, wrong
+        answer = "The capital of {} is {}."
+        return (
+            f"What is the capital of {country}?",
+            "",
+            answer.format(country, capital),
+            answer.format(country, wrong),
+        )
     if kind == 1:
-        a, b = rng.randrange(10), rng.randrange(10)
-        return f"What is {a}+{b}?", "", str(a + b), str((a + b + rng.randint(1, 5)) % 19)
+        x, y = rng.randrange(10), rng.randrange(10)
+        wrong = (x + y + rng.randint(1, 5)) % 19
+        return f"What is {x}+{y}?", "", f"{x}+{y}={x + y}", f"{x}+{y}={wrong}"
     if kind == 2:
         word = rng.choice(ECHO_WORDS)
         return "Repeat the word.", word, word, rng.choice([w for w in ECHO_WORDS if w != word])
     zh, en = rng.choice(ZH_EN)
-    return "Translate to English.", zh, en, rng.choice([e for _, e in ZH_EN if e != en])
+    wrong = rng.choice([e for _, e in ZH_EN if e != en])
+    return "Translate to English.", zh, f"{zh} means {en}.", f"{zh} means {wrong}."
 
 
 def _prompt(instruction: str, inp: str) -> str:
@@ -308,7 +368,7 @@ def _prompt(instruction: str, inp: str) -> str:
 
 
 def _sft_rows(rng: random.Random, rows: int) -> list[dict]:
-    return [dict(zip(("instruction", "input", "output"), _qa(rng)[:3])) for _ in range(rows)]
+    return [dict(zip(("instruction", "input", "output"), _qa(rng)[:3], strict=True)) for _ in range(rows)]
 
 
 def _sharegpt_rows(rng: random.Random, rows: int) -> list[dict]:
@@ -322,9 +382,17 @@ def _sharegpt_rows(rng: random.Random, rows: int) -> list[dict]:
     return out
 
 
+def _bad_answer(rng: random.Random, wrong: str) -> str:
+    return rng.choice(REFUSALS) if rng.random() < 0.5 else wrong
+
+
 def _dpo_rows(rng: random.Random, rows: int) -> list[dict]:
-    keys = ("instruction", "input", "chosen", "rejected")
-    return [dict(zip(keys, _qa(rng))) for _ in range(rows)]
+    out = []
+    for _ in range(rows):
+        instruction, inp, answer, wrong = _qa(rng)
+        bad = _bad_answer(rng, wrong)
+        out.append({"instruction": instruction, "input": inp, "chosen": answer, "rejected": bad})
+    return out
 
 
 def _kto_rows(rng: random.Random, rows: int) -> list[dict]:
@@ -334,7 +402,7 @@ def _kto_rows(rng: random.Random, rows: int) -> list[dict]:
         good = i % 2 == 0
         messages = [
             {"role": "user", "content": _prompt(instruction, inp)},
-            {"role": "assistant", "content": answer if good else wrong},
+            {"role": "assistant", "content": answer if good else _bad_answer(rng, wrong)},
         ]
         out.append({"messages": messages, "kto_tag": good})
     return out
@@ -371,12 +439,22 @@ def demo_dataset_info(paths: dict[str, Path]) -> dict[str, dict]:
         "sft_sharegpt": {"formatting": "sharegpt", "columns": {"messages": "conversations"}},
         "dpo_pairs": {
             "ranking": True,
-            "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
+            "columns": {
+                "prompt": "instruction",
+                "query": "input",
+                "chosen": "chosen",
+                "rejected": "rejected",
+            },
         },
         "kto": {
             "formatting": "sharegpt",
             "columns": {"messages": "messages", "kto_tag": "kto_tag"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+            },
         },
     }
     return {name: {"file_name": str(Path(paths[name]).resolve()), **entries[name]} for name in paths}
@@ -392,7 +470,13 @@ def _write_text(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Build-once entry point
 
-_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+_MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 def _is_complete(root: Path, seed: int, rows: int) -> bool:
