@@ -96,6 +96,8 @@ def test_precision_follows_gpu_capability(write_recipe):
         render(forced, gpu_target(2, T4), RUN_DIR)
     cpu = stage_config(render(load_recipe(str(write_recipe(minimal_recipe()))), Target("cpu", 1), RUN_DIR))
     assert cpu["use_cpu"] is True and cpu["bf16"] is False and cpu["fp16"] is False
+    cpu_bf16 = load_recipe(str(write_recipe(minimal_recipe())), ["training.precision=bf16"])
+    assert stage_config(render(cpu_bf16, Target("cpu", 1), RUN_DIR))["bf16"] is True  # autocast works on CPU
 
 
 def test_deepspeed_json_per_stage_choice(write_recipe):

@@ -141,7 +141,7 @@ def test_demo_data_formats(built):
         turns = [m for m in row["conversations"] if m["from"] != "system"]
         assert [m["from"] for m in turns] == ["human", "gpt"] * (len(turns) // 2) and turns
     assert all(r["chosen"] != r["rejected"] for r in rows["dpo_pairs"])
-    assert {r["kto_tag"] for r in rows["kto"]} == {True, False}
+    assert {r["label"] for r in rows["kto"]} == {True, False}
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows["kto"])
 
 
@@ -189,5 +189,5 @@ def test_dataset_info_is_understood_by_llamafactory(built, tmp_path):
     (tmp_path / "dataset_info.json").write_text(json.dumps(info))
     attrs = dict(zip(info, get_dataset_list(list(info), str(tmp_path)), strict=True))
     assert all(a.load_from == "file" and Path(a.dataset_name).is_file() for a in attrs.values())
-    assert attrs["dpo_pairs"].ranking and attrs["kto"].kto_tag == "kto_tag"
+    assert attrs["dpo_pairs"].ranking and attrs["kto"].kto_tag == "label"
     assert attrs["sft_sharegpt"].formatting == "sharegpt" and attrs["sft_alpaca"].formatting == "alpaca"

@@ -29,7 +29,8 @@ class Target:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: str | None = None
-    gpus: tuple[GPU, ...] = field(default_factory=tuple)  # detected on this machine; empty when rendering remotely
+    # Detected on this machine; empty when rendering for another one.
+    gpus: tuple[GPU, ...] = field(default_factory=tuple)
 
     @property
     def world_size(self) -> int:
@@ -54,15 +55,22 @@ def _int_env(env: Mapping[str, str], key: str, default: int) -> int:
     if not value:
         return default
     if not value.isdigit():
-        raise UserError([Problem(f"environment {key}={value}", "expected a whole number", f"fix or unset {key}")])
+        raise UserError([Problem(f"environment {key}={value}", "expected a whole number",
+                                 f"fix or unset {key}")])
     return int(value)
 
 
 def resolve_target(
     hardware: HardwareSpec, gpus_flag: int | None = None, env: Mapping[str, str] | None = None,
-    detected: list[GPU] | None = None,
+    detected: list[GPU] | None = None, *, nnodes: int | None = None, node_rank: int | None = None,
+    master_addr: str | None = None, master_port: int | None = None,
 ) -> Target:
-    """Decide device and process count from the recipe, the --gpus flag and what this machine has."""
+    """Decide device and process count from the recipe, the --gpus flag and what this machine has.
+
+    The rendezvous (nnodes, node_rank, master_addr, master_port) comes from the flags where given, else from
+    NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT in the environment, so `lfw run` works both under a launcher
+    that exports them and by hand.
+    """
     env = os.environ if env is None else env
     requested = gpus_flag if gpus_flag is not None else hardware.gpus
     if hardware.device == "cpu":
@@ -81,15 +89,48 @@ def resolve_target(
                 "hardware.gpus", f"{count} GPUs asked for but {len(gpus)} visible",
                 f"use --gpus {len(gpus)} or fewer, or check CUDA_VISIBLE_DEVICES",
             )])
-    return Target(
+    target = Target(
         device=device,
         procs_per_node=count,
-        nnodes=_int_env(env, "NNODES", 1),
-        node_rank=_int_env(env, "NODE_RANK", 0),
-        master_addr=env.get("MASTER_ADDR") or None,
-        master_port=env.get("MASTER_PORT") or None,
+        nnodes=nnodes if nnodes is not None else _int_env(env, "NNODES", 1),
+        node_rank=node_rank if node_rank is not None else _int_env(env, "NODE_RANK", 0),
+        master_addr=master_addr or env.get("MASTER_ADDR") or None,
+        master_port=str(master_port) if master_port is not None else (env.get("MASTER_PORT") or None),
         gpus=tuple(gpus),
     )
+    _check_rendezvous(target)
+    return target
+
+
+def _check_rendezvous(target: Target) -> None:
+    """Rendezvous values that cannot work, caught here rather than as a torchrun hang on some node."""
+    problems = []
+    if target.nnodes < 1:
+        problems.append(Problem("nnodes", f"{target.nnodes} nodes", "use --nnodes 1 or more (or fix NNODES)"))
+    elif not 0 <= target.node_rank < target.nnodes:
+        problems.append(Problem(
+            "node_rank",
+            f"node rank {target.node_rank} with {target.nnodes} node(s): ranks are 0..{target.nnodes - 1}",
+            "give each node a distinct --node-rank from 0 to nnodes-1 (or fix NODE_RANK)",
+        ))
+    port = target.master_port
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        problems.append(Problem("master_port", f"{port!r} is not a TCP port", "use a number from 1 to 65535"))
+    if problems:
+        raise UserError(problems)
+
+
+def require_rendezvous(target: Target) -> None:
+    """Before launching on several nodes: every node must be told where the rank-0 node listens.
+
+    Rendering for several nodes needs no address (lfw slurm renders before the head node is known); launching
+    does: without it torchrun would wait on 127.0.0.1, each node for itself, until its timeout.
+    """
+    if target.nnodes > 1 and not target.master_addr:
+        raise UserError([Problem(
+            "master_addr", f"a run on {target.nnodes} nodes needs the address of the node with rank 0",
+            "pass --master-addr HOST (the same on every node) or export MASTER_ADDR",
+        )])
 
 
 def gradient_accumulation(training: TrainingSpec, target: Target, where: str = "training") -> int:
@@ -100,7 +141,8 @@ def gradient_accumulation(training: TrainingSpec, target: Target, where: str = "
         options = [n for n in (lower, lower + per_step) if n > 0]
         raise UserError([Problem(
             f"{where}.global_batch_size",
-            f"{training.global_batch_size} is not divisible by micro_batch_size {training.micro_batch_size} x "
+            f"{training.global_batch_size} is not divisible by micro_batch_size "
+            f"{training.micro_batch_size} x "
             f"{target.world_size} processes ({target.describe()})",
             f"use global_batch_size {' or '.join(map(str, options))}, or change micro_batch_size",
         )])
@@ -108,21 +150,18 @@ def gradient_accumulation(training: TrainingSpec, target: Target, where: str = "
 
 
 def precision_flags(training: TrainingSpec, target: Target, where: str = "training") -> dict[str, bool]:
-    """bf16 / fp16 / use_cpu for LLaMA-Factory: bf16 where supported, fp16 on older GPUs, fp32 on CPU."""
+    """bf16 / fp16 / use_cpu for LLaMA-Factory: bf16 where supported, fp16 on older GPUs, fp32 on CPU (auto)."""
     if target.device == "cpu":
-        if training.precision in ("bf16", "fp16"):
-            raise UserError([Problem(
-                f"{where}.precision", f"{training.precision} training is refused on CPU",
-                "use precision: auto or fp32 on CPU, or run where GPUs are visible",
-            )])
-        return {"use_cpu": True, "bf16": False, "fp16": False}
+        # LLaMA-Factory and transformers accept bf16/fp16 autocast on CPU (measured); auto keeps fp32 there.
+        return {"use_cpu": True, "bf16": training.precision == "bf16", "fp16": training.precision == "fp16"}
     choice = training.precision
     if choice == "auto":
         choice = "fp16" if target.bf16 is False else "bf16"
     if choice == "bf16" and target.bf16 is False:
         names = ", ".join(sorted({gpu.name for gpu in target.gpus}))
         raise UserError([Problem(
-            f"{where}.precision", f"bf16 asked for but {names} cannot do bf16", "use precision: fp16 (or auto)",
+            f"{where}.precision", f"bf16 asked for but {names} cannot do bf16",
+            "use precision: fp16 (or auto)",
         )])
     return {"use_cpu": False, "bf16": choice == "bf16", "fp16": choice == "fp16"}
 

@@ -106,7 +106,7 @@ class TrainingSpec(Strict):
     warmup_steps: int | None = Field(None, ge=0, description="Warm-up in steps (instead of warmup_ratio).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    precision: Precision = Field("auto", description="auto: bf16 where the GPU has it, else fp16; fp32 on CPU.")
+    precision: Precision = Field("auto", description="auto: bf16 where the GPU has it, else fp16; fp32 on CPU (bf16/fp16 there only if asked).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
     packing: bool = Field(False, description="Pack several samples into one cutoff_len sequence.")
     liger_kernel: bool = Field(False, description="Fused liger kernels (saves most of the logits memory).")

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 # Bumped whenever the output of this module changes, so stale builds are rebuilt by ``ensure_tiny``.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 #: Special tokens, ids 0, 1, 2 (Qwen's names, so LLaMA-Factory's qwen/chatml templates find them by string).
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -404,7 +404,7 @@ def _kto_rows(rng: random.Random, rows: int) -> list[dict]:
             {"role": "user", "content": _prompt(instruction, inp)},
             {"role": "assistant", "content": answer if good else _bad_answer(rng, wrong)},
         ]
-        out.append({"messages": messages, "kto_tag": good})
+        out.append({"messages": messages, "label": good})
     return out
 
 
@@ -448,7 +448,7 @@ def demo_dataset_info(paths: dict[str, Path]) -> dict[str, dict]:
         },
         "kto": {
             "formatting": "sharegpt",
-            "columns": {"messages": "messages", "kto_tag": "kto_tag"},
+            "columns": {"messages": "messages", "kto_tag": "label"},
             "tags": {
                 "role_tag": "role",
                 "content_tag": "content",
