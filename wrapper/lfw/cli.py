@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Check, render into a new run directory and launch each stage."),
     "lf": ("lf", "lf", "llamafactory-cli with every argument untouched, plus lfw's environment."),
     "recipes": ("recipes", "recipes", "List the bundled recipes (or, with --fields, every recipe field)."),
+    "slurm": ("slurm", "slurm",
+              "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),
 }
 
 

@@ -191,6 +191,7 @@ def _launch(loaded: LoadedRecipe, target: Target, rendering: Rendering, run_dir:
         git=git_commit(loaded.path.parent),
         target={"device": target.device, "procs_per_node": target.procs_per_node, "nnodes": target.nnodes,
                 "node_rank": target.node_rank, "world_size": target.world_size,
+                "master_addr": target.master_addr, "master_port": target.master_port,
                 "gpus": [gpu.as_dict() for gpu in target.gpus]},
         launch_env=extra_env,
         environment=safe_environment(full_env),
