@@ -112,6 +112,35 @@ def test_failed_stage_propagates_exit_code(tiny, tmp_path, offline_env):
     assert data["status"] == "failed" and data["stages"][0]["status"] == "failed"
 
 
+def test_broken_data_is_refused_before_launch(tiny, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "hi", "output": "ok"}, {"instruction": "", "output": ""},
+                               {"instruction": "x"}]))
+    recipe = tiny_recipe(tiny)
+    recipe["stages"][0]["datasets"][0]["path"] = str(bad)
+    code, run_dir = run_recipe(recipe, tmp_path)
+    assert code == 2 and run_dir is None  # refused: no run directory, no launch
+
+
+@pytest.mark.slow
+def test_save_to_disk_folder_is_converted_and_trains(tiny, tmp_path, offline_env):
+    """Seed 000: LLaMA-Factory does not read `save_to_disk` folders; lfw converts them into the run dir."""
+    import datasets
+
+    rows = json.loads(Path(tiny["sft_alpaca"]).read_text())
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(folder))
+    recipe = tiny_recipe(tiny)
+    recipe["training"]["max_steps"] = 4
+    recipe["stages"][0]["datasets"][0]["path"] = str(folder)
+    code, run_dir = run_recipe(recipe, tmp_path)
+    assert code == 0
+    assert_complete(run_dir, ["1-sft"])
+    info = json.loads((run_dir / "dataset_info.json").read_text())
+    assert info["saved"]["file_name"] == str(run_dir / "data" / "saved.jsonl")
+    assert len((run_dir / "data" / "saved.jsonl").read_text().splitlines()) == len(rows)
+
+
 def test_run_dirs_never_clobber(tmp_path):
     first, second = new_run_dir(tmp_path, "x"), new_run_dir(tmp_path, "x")
     assert first != second and first.is_dir() and second.is_dir()

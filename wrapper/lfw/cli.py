@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "render": ("render", "render", "Render every file a run needs (train YAML, DeepSpeed JSON, dataset_info)."),
     "run": ("run", "run", "Check, render into a new run directory and launch each stage."),
     "lf": ("lf", "lf", "llamafactory-cli with every argument untouched, plus lfw's environment."),
+    "data": ("data", "data", "Check and convert training data (JSON, JSONL, Parquet, CSV, save_to_disk)."),
     "recipes": ("recipes", "recipes", "List the bundled recipes (or, with --fields, every recipe field)."),
     "slurm": ("slurm", "slurm",
               "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from lfw.datacheck import DataReport
 from lfw.errors import ProblemCollector, UserError
 from lfw.launch import Target, launch_env
 from lfw.manifest import base_manifest, git_commit, now, safe_environment, write_manifest
@@ -84,18 +85,39 @@ def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str]) -> None
                 problems.add(f"{source} stages[{s_index}].datasets[{d_index}].path", f"{path} does not exist",
                              "fix the path (relative paths are relative to the recipe's folder)")
     problems.raise_if_any("cannot start the run:")
-    check_data(loaded)
 
 
-def check_data(loaded: LoadedRecipe) -> None:
-    """Validate every dataset row before launch (lfw.datacheck), so bad data fails in seconds, not hours."""
-    try:
-        from lfw.datacheck import check_dataset
-    except ImportError:  # the checker ships in the same package; this guards partial installs only
-        return
-    for stage in loaded.recipe.stages:
-        for spec in stage.datasets:
-            check_dataset(resolve_path(spec.path, loaded.base_dir), fmt=spec.format).raise_for_errors()
+def check_data(loaded: LoadedRecipe) -> list[tuple[int, int, DataReport]]:
+    """Validate every dataset row before launch, so bad data fails in seconds, not hours into a run.
+
+    Returns the reports of the datasets LLaMA-Factory cannot read as they are (`save_to_disk` folders),
+    which `convert_folders` turns into JSONL inside the run directory.
+    """
+    from lfw.datacheck import check_dataset
+
+    to_convert = []
+    for s_index, stage in enumerate(loaded.recipe.stages):
+        for d_index, spec in enumerate(stage.datasets):
+            report = check_dataset(
+                resolve_path(spec.path, loaded.base_dir), fmt=spec.format, columns=spec.columns, tags=spec.tags,
+                media_dir=resolve_path(spec.media_dir, loaded.base_dir) if spec.media_dir else None,
+                stage=stage.stage,
+            )
+            report.raise_for_errors()
+            if report.needs_conversion:
+                to_convert.append((s_index, d_index, report))
+    return to_convert
+
+
+def convert_folders(loaded: LoadedRecipe, reports: list[tuple[int, int, DataReport]], run_dir: Path) -> None:
+    """Write `save_to_disk` datasets as JSONL in the run directory and point the recipe at the copies."""
+    from lfw.datacheck import convert_to_jsonl
+
+    for s_index, d_index, report in reports:
+        spec = loaded.recipe.stages[s_index].datasets[d_index]
+        name = spec.name or Path(spec.path).name
+        converted = convert_to_jsonl(report.path, run_dir / "data" / f"{name}.jsonl")
+        loaded.recipe.stages[s_index].datasets[d_index] = spec.model_copy(update={"path": str(converted), "name": name})
 
 
 @dataclass
@@ -154,6 +176,7 @@ def execute(loaded: LoadedRecipe, target: Target, *, dry_run: bool = False, stre
     console = console or Console()
     env = dict(os.environ)
     preflight(loaded, target, env)
+    to_convert = check_data(loaded)
     recipe = loaded.recipe
     deepspeed = recipe.hardware.deepspeed != "none"
     extra_env = launch_env(target, deepspeed, env)
@@ -169,9 +192,10 @@ def execute(loaded: LoadedRecipe, target: Target, *, dry_run: bool = False, stre
         return 0
     run_dir = new_run_dir(root, recipe.name)
     try:
+        convert_folders(loaded, to_convert, run_dir)
         rendering = render(loaded, target, run_dir)
     except UserError:
-        run_dir.rmdir()
+        shutil.rmtree(run_dir)
         raise
     return _launch(loaded, target, rendering, run_dir, cli, extra_env, env, console, stream)
 
