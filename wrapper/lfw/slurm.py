@@ -94,17 +94,17 @@ def _recipe_reference(loaded: LoadedRecipe) -> str:
     return loaded.display_path if loaded.is_bundled else str(loaded.path)
 
 
-def node_command(loaded: LoadedRecipe, job: SlurmJob, overrides: tuple[str, ...] | list[str]) -> str:
-    """The `lfw run` each node executes, as one shell word for `bash -c` (variables expand on the node)."""
+def node_arguments(loaded: LoadedRecipe, job: SlurmJob, overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """`lfw run`'s arguments, as shell words expanded on the head node (the same on every node).
+
+    Only the node's rank differs per node: the script passes it inside `bash -c '... $SLURM_NODEID'`, which
+    srun runs on each node, and these words as that bash's "$@", so they need no second layer of quoting.
+    """
     words = [
-        "lfw",
-        "run",
         shlex.quote(_recipe_reference(loaded)),
         "--stream",
         "--nnodes",
         '"$SLURM_NNODES"',
-        "--node-rank",
-        '"$SLURM_NODEID"',
         "--master-addr",
         '"$MASTER_ADDR"',
         "--master-port",
@@ -116,7 +116,21 @@ def node_command(loaded: LoadedRecipe, job: SlurmJob, overrides: tuple[str, ...]
         words += ["--output-dir", shlex.quote(str(job.output_dir))]
     for assignment in overrides:
         words += ["--set", shlex.quote(assignment)]
-    return shlex.quote(" ".join(words))
+    return words
+
+
+def _lines(words: list[str], width: int = 100) -> list[str]:
+    """Shell words grouped into lines of about `width` characters (flags stay next to their values)."""
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        joined = f"{current} {word}" if current else word
+        if current and len(joined) > width and word.startswith("--"):
+            lines.append(current)
+            current = word
+        else:
+            current = joined
+    return [*lines, current] if current else lines
 
 
 def script_context(
@@ -143,7 +157,7 @@ def script_context(
         "setup": list(job.setup),
         "nccl_socket_ifname": job.nccl_socket_ifname,
         "hf_home": shlex.quote(job.hf_home) if job.hf_home else DEFAULT_HF_HOME,
-        "node_command": node_command(loaded, job, overrides),
+        "node_args": _lines(node_arguments(loaded, job, overrides)),
     }
 
 
