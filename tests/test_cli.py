@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import minimal_recipe
 
+from conftest import minimal_recipe
 from lfw.cli import cli, main
 
 
@@ -83,12 +83,14 @@ def fake_llamafactory(tmp_path, monkeypatch) -> Path:
     """A stand-in llamafactory-cli that records its arguments and environment (the real one runs in e2e)."""
     record = tmp_path / "called.json"
     exe = tmp_path / "llamafactory-cli"
-    exe.write_text(textwrap.dedent(f"""\
+    exe.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import json, os, sys
         json.dump({{"argv": sys.argv[1:], "torchrun": os.environ.get("FORCE_TORCHRUN")}}, open({str(record)!r}, "w"))
         sys.exit(3 if "fail" in sys.argv else 0)
-    """))
+    """)
+    )
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("LFW_LLAMAFACTORY_CLI", str(exe))
     return record
@@ -110,10 +112,16 @@ print("HEAVY=" + ",".join(heavy))
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["render", "recipes/qwen3_14b_qlora_4gpu.yml", "--gpus", "4"],
-                                  ["recipes"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["render", "recipes/qwen3_14b_qlora_4gpu.yml", "--gpus", "4"], ["recipes"]]
+)
 def test_fast_commands_import_no_heavy_modules(argv):
-    proc = subprocess.run([sys.executable, "-c", LIGHT_CHECK.format(argv=argv)], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1], timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_CHECK.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY=", proc.stdout[-500:]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -25,8 +25,15 @@ def tiny_recipe(tiny: dict[str, Path], **changes) -> dict:
         "name": "e2e",
         "model": {"path": str(tiny["model"]), "template": "qwen3_nothink"},
         "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
-        "training": {"global_batch_size": 8, "micro_batch_size": 4, "cutoff_len": 128, "max_steps": 12,
-                     "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 100},
+        "training": {
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "cutoff_len": 128,
+            "max_steps": 12,
+            "learning_rate": 5e-3,
+            "logging_steps": 2,
+            "save_steps": 100,
+        },
         "stages": [{"stage": "sft", "datasets": [{"path": str(tiny["sft_alpaca"]), "format": "alpaca"}]}],
         "hardware": {"device": "cpu"},
     }
@@ -67,8 +74,14 @@ def losses(run_dir: Path, stage: str) -> list[float]:
 @pytest.mark.slow
 def test_lora_sft_then_dpo(tiny, tmp_path, offline_env):
     recipe = tiny_recipe(tiny)
-    recipe["stages"].append({"stage": "dpo", "pref_beta": 0.1, "training": {"max_steps": 6, "learning_rate": 1e-3},
-                             "datasets": [{"path": str(tiny["dpo_pairs"]), "format": "preference"}]})
+    recipe["stages"].append(
+        {
+            "stage": "dpo",
+            "pref_beta": 0.1,
+            "training": {"max_steps": 6, "learning_rate": 1e-3},
+            "datasets": [{"path": str(tiny["dpo_pairs"]), "format": "preference"}],
+        }
+    )
     code, run_dir = run_recipe(recipe, tmp_path)
     assert code == 0 and run_dir is not None
     data = assert_complete(run_dir, ["1-sft", "2-dpo"])
@@ -114,8 +127,9 @@ def test_failed_stage_propagates_exit_code(tiny, tmp_path, offline_env):
 
 def test_broken_data_is_refused_before_launch(tiny, tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"instruction": "hi", "output": "ok"}, {"instruction": "", "output": ""},
-                               {"instruction": "x"}]))
+    bad.write_text(
+        json.dumps([{"instruction": "hi", "output": "ok"}, {"instruction": "", "output": ""}, {"instruction": "x"}])
+    )
     recipe = tiny_recipe(tiny)
     recipe["stages"][0]["datasets"][0]["path"] = str(bad)
     code, run_dir = run_recipe(recipe, tmp_path)
@@ -139,6 +153,27 @@ def test_save_to_disk_folder_is_converted_and_trains(tiny, tmp_path, offline_env
     info = json.loads((run_dir / "dataset_info.json").read_text())
     assert info["saved"]["file_name"] == str(run_dir / "data" / "saved.jsonl")
     assert len((run_dir / "data" / "saved.jsonl").read_text().splitlines()) == len(rows)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(tiny, tmp_path, offline_env):
+    recipe = tiny_recipe(tiny)
+    recipe["training"].update(max_steps=6, save_steps=3)
+    code, run_dir = run_recipe(recipe, tmp_path)
+    assert code == 0
+    # Pretend the machine died after the step-3 checkpoint: drop the last one and mark the stage unfinished.
+    data = manifest(run_dir)
+    data["stages"][0]["status"], data["status"] = "failed", "failed"
+    (run_dir / "manifest.json").write_text(json.dumps(data))
+    shutil.rmtree(run_dir / "1-sft" / "checkpoint-6")
+    code = main(["run", str(tmp_path / "recipe.yml"), "--output-dir", str(tmp_path / "runs"), "--resume"])
+    assert code == 0
+    data = assert_complete(run_dir, ["1-sft"])
+    assert data["resumed"] and data["stages"][0]["command"][-1].endswith("1-sft.resume.yaml")
+    assert "checkpoint-3" in (run_dir / "1-sft.resume.yaml").read_text()
+    assert len(list((run_dir / "logs").glob("1-sft*.log"))) == 2  # the first attempt's log is kept
+    assert (run_dir / "1-sft" / "checkpoint-6").is_dir()
+    assert main(["run", str(tmp_path / "recipe.yml"), "--output-dir", str(tmp_path / "runs"), "--resume"]) == 2
 
 
 def test_run_dirs_never_clobber(tmp_path):
@@ -173,8 +208,12 @@ def test_ctrl_c_stops_the_whole_process_tree(tmp_path, tiny):
     recipe = tmp_path / "r.yml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny)))
     env = {**os.environ, "LFW_LLAMAFACTORY_CLI": str(exe)}
-    proc = subprocess.Popen([sys.executable, "-m", "lfw.cli", "run", str(recipe), "--output-dir",
-                             str(tmp_path / "runs")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lfw.cli", "run", str(recipe), "--output-dir", str(tmp_path / "runs")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 60
     while not pids_file.exists() or len(pids_file.read_text().split()) < 2:
         assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
@@ -189,5 +228,7 @@ def test_ctrl_c_stops_the_whole_process_tree(tmp_path, tiny):
 
 
 def test_help_text_of_run_mentions_dry_run():
-    assert "--dry-run" in subprocess.run([sys.executable, "-m", "lfw.cli", "run", "--help"], capture_output=True,
-                                         text=True).stdout
+    assert (
+        "--dry-run"
+        in subprocess.run([sys.executable, "-m", "lfw.cli", "run", "--help"], capture_output=True, text=True).stdout
+    )

@@ -18,8 +18,10 @@ case "$*" in
   *) printf '0, Tesla T10, 16384\\n1, Tesla T10, 16384\\n' ;;
 esac
 """
-ROWS = "printf '0, NVIDIA H100 80GB HBM3, 81559, 9.0\\n1, NVIDIA H100 80GB HBM3, 81559, 9.0\\n" \
-       "2, Tesla V100-SXM2-32GB, 32768, 7.0\\n3, NVIDIA A10G, 23028, 8.6\\n'"
+ROWS = (
+    "printf '0, NVIDIA H100 80GB HBM3, 81559, 9.0\\n1, NVIDIA H100 80GB HBM3, 81559, 9.0\\n"
+    "2, Tesla V100-SXM2-32GB, 32768, 7.0\\n3, NVIDIA A10G, 23028, 8.6\\n'"
+)
 
 
 @pytest.fixture
@@ -96,8 +98,15 @@ def test_two_nodes_pass_rendezvous_through():
     tgt = resolve_target(HardwareSpec(gpus=4), env=env_in, detected=[H100] * 4)
     assert tgt.world_size == 8
     env = launch_env(tgt, deepspeed=False, env=env_in)
-    assert env == {"PYTHONUNBUFFERED": "1", "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "4", "NNODES": "2",
-                   "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29501"}
+    assert env == {
+        "PYTHONUNBUFFERED": "1",
+        "FORCE_TORCHRUN": "1",
+        "NPROC_PER_NODE": "4",
+        "NNODES": "2",
+        "NODE_RANK": "1",
+        "MASTER_ADDR": "10.0.0.5",
+        "MASTER_PORT": "29501",
+    }
 
 
 def test_cpu_processes_hide_gpus():

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, clean_env
-from test_render import bundled_targets
 
+from conftest import REPO, clean_env
 from lfw.launch import Target
 from lfw.recipe_loader import load_recipe
 from lfw.render import render
+from test_render import bundled_targets
 
 PARSE_ALL = """
 import json, sys, yaml
@@ -42,10 +42,18 @@ def variants():
     yield "full-sft-dpo-chain", tiny, ["method.type=full"], Target("cpu", 1)
     yield "freeze", tiny, ["method.type=freeze"], Target("cpu", 1)
     yield "z2-two-procs", tiny, ["hardware.deepspeed=z2"], Target("cpu", 2)
-    yield "z3-swanlab-local", tiny, ["hardware.deepspeed=z3", "tracking.swanlab.project=p",
-                                     "tracking.swanlab.mode=local"], Target("cpu", 2)
-    yield "val-liger-packing", tiny, ["training.val_size=0.1", "training.packing=true",
-                                      "training.gradient_checkpointing=false"], Target("cpu", 1)
+    yield (
+        "z3-swanlab-local",
+        tiny,
+        ["hardware.deepspeed=z3", "tracking.swanlab.project=p", "tracking.swanlab.mode=local"],
+        Target("cpu", 2),
+    )
+    yield (
+        "val-liger-packing",
+        tiny,
+        ["training.val_size=0.1", "training.packing=true", "training.gradient_checkpointing=false"],
+        Target("cpu", 1),
+    )
 
 
 @pytest.mark.slow
@@ -58,10 +66,18 @@ def test_llamafactory_parser_accepts_every_rendering(tmp_path: Path, monkeypatch
         rendering.write(run_dir)
         for stage in rendering.stages:
             configs[str(run_dir / stage.config)] = f"{name}/{stage.config}"
-    env = {**clean_env(), "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29561", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", PARSE_ALL, *configs], capture_output=True, text=True, env=env,
-                          timeout=600)
+    env = {
+        **clean_env(),
+        "LOCAL_RANK": "0",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29561",
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_ALL, *configs], capture_output=True, text=True, env=env, timeout=600
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS=")]
     assert lines, proc.stderr[-3000:]
     results = json.loads(lines[-1].removeprefix("RESULTS="))

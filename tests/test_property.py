@@ -5,23 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from conftest import minimal_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import minimal_recipe
 from lfw.errors import UserError
 from lfw.launch import Target
 from lfw.recipe_loader import load_recipe
 from lfw.render import render
 
-KEYS = ["name", "model", "path", "template", "method", "type", "training", "stages", "stage", "datasets",
-        "format", "hardware", "gpus", "deepspeed", "llamafactory", "extends", "lora", "rank", "x"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 100), st.floats(allow_nan=False),
-                    st.text(max_size=8), st.sampled_from(["sft", "dpo", "lora", "qlora", "alpaca", "auto", "z3"]))
+KEYS = [
+    "name",
+    "model",
+    "path",
+    "template",
+    "method",
+    "type",
+    "training",
+    "stages",
+    "stage",
+    "datasets",
+    "format",
+    "hardware",
+    "gpus",
+    "deepspeed",
+    "llamafactory",
+    "extends",
+    "lora",
+    "rank",
+    "x",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 100),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.sampled_from(["sft", "dpo", "lora", "qlora", "alpaca", "auto", "z3"]),
+)
 documents = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=5)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=5),
+    ),
     max_leaves=25,
 )
 
@@ -43,8 +70,22 @@ def test_arbitrary_documents(document, tmp_path):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=st.sampled_from(["name", "model", "method", "training", "stages", "hardware", "tracking",
-                            "llamafactory", "output_dir"]), value=documents)
+@given(
+    key=st.sampled_from(
+        [
+            "name",
+            "model",
+            "method",
+            "training",
+            "stages",
+            "hardware",
+            "tracking",
+            "llamafactory",
+            "output_dir",
+        ]
+    ),
+    value=documents,
+)
 def test_valid_recipe_with_one_block_replaced(key, value, tmp_path):
     recipe = minimal_recipe()
     recipe[key] = value

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import minimal_recipe
 
+from conftest import minimal_recipe
 from lfw.errors import UserError
 from lfw.recipe_loader import load_recipe
 
@@ -37,8 +37,13 @@ def test_every_error_reported_at_once(write_recipe):
     recipe = minimal_recipe(trainin={}, hardware={"gpus": 0, "deepspeed": "z4"})
     recipe["stages"][0]["datasets"][0]["format"] = "alpacca"
     message = errors_of(write_recipe(recipe))
-    for expected in ("trainin: unknown key", "did you mean 'training'?", "hardware.gpus", "hardware.deepspeed",
-                     "stages[0].datasets[0].format"):
+    for expected in (
+        "trainin: unknown key",
+        "did you mean 'training'?",
+        "hardware.gpus",
+        "hardware.deepspeed",
+        "stages[0].datasets[0].format",
+    ):
         assert expected in message
     assert message.count("\n  - ") == 4
 
@@ -66,8 +71,9 @@ def test_non_mapping_document(write_recipe):
 
 def test_set_overrides_nested_and_list_items(write_recipe):
     path = write_recipe(minimal_recipe())
-    loaded = load_recipe(str(path), ["training.learning_rate=2e-5", "stages.0.training.max_steps=3",
-                                     "hardware.deepspeed=z3"])
+    loaded = load_recipe(
+        str(path), ["training.learning_rate=2e-5", "stages.0.training.max_steps=3", "hardware.deepspeed=z3"]
+    )
     assert loaded.recipe.training.learning_rate == 2e-5
     assert loaded.recipe.stage_training(0).max_steps == 3
     assert loaded.recipe.hardware.deepspeed == "z3"
@@ -91,8 +97,13 @@ def test_extends_merges_and_detects_cycles(write_recipe):
 
 def test_stage_overrides_merge_over_training(write_recipe):
     recipe = minimal_recipe()
-    recipe["stages"].append({"stage": "dpo", "datasets": [{"path": "p.json", "format": "preference"}],
-                             "training": {"learning_rate": 5e-6}})
+    recipe["stages"].append(
+        {
+            "stage": "dpo",
+            "datasets": [{"path": "p.json", "format": "preference"}],
+            "training": {"learning_rate": 5e-6},
+        }
+    )
     loaded = load_recipe(str(write_recipe(recipe)))
     assert loaded.recipe.stage_training(1).learning_rate == 5e-6
     assert loaded.recipe.stage_training(1).global_batch_size == 8
@@ -101,8 +112,7 @@ def test_stage_overrides_merge_over_training(write_recipe):
 def test_passthrough_checked_against_llamafactory_keys(write_recipe):
     ok = load_recipe(str(write_recipe(minimal_recipe(llamafactory={"neftune_noise_alpha": 5}))))
     assert ok.recipe.llamafactory == {"neftune_noise_alpha": 5}
-    message = errors_of(write_recipe(minimal_recipe(llamafactory={"neftune_noise_alfa": 5,
-                                                                  "swanlab_api_key": "x"})))
+    message = errors_of(write_recipe(minimal_recipe(llamafactory={"neftune_noise_alfa": 5, "swanlab_api_key": "x"})))
     assert "llamafactory.neftune_noise_alfa: not an argument of LLaMA-Factory" in message
     assert "did you mean 'neftune_noise_alpha'?" in message
     assert "llamafactory.swanlab_api_key: secrets are never written" in message

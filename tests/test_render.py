@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GOLDEN, REPO, minimal_recipe
 
+from conftest import GOLDEN, REPO, minimal_recipe
 from lfw.errors import UserError
 from lfw.gpus import GPU
 from lfw.launch import Target
@@ -101,7 +101,12 @@ def test_precision_follows_gpu_capability(write_recipe):
 
 
 def test_deepspeed_json_per_stage_choice(write_recipe):
-    for kind, stage, offload in (("z0", 0, False), ("z2", 2, False), ("z3", 3, False), ("z3_offload", 3, True)):
+    for kind, stage, offload in (
+        ("z0", 0, False),
+        ("z2", 2, False),
+        ("z3", 3, False),
+        ("z3_offload", 3, True),
+    ):
         loaded = load_recipe(str(write_recipe(minimal_recipe(hardware={"gpus": 2, "deepspeed": kind}))))
         rendering = render(loaded, gpu_target(2), RUN_DIR)
         ds = json.loads(next(f for f in rendering.files if f.name == f"ds_{kind}.json").content)
@@ -117,8 +122,7 @@ def test_dataset_info_absolute_paths_and_formats(write_recipe, tmp_path):
         {"path": "sub/b.jsonl", "format": "openai"},
         {"path": "imgs/mm.json", "format": "multimodal"},
     ]
-    recipe["stages"].append({"stage": "dpo", "datasets": [{"path": "a.json", "format": "preference",
-                                                          "name": "prefs"}]})
+    recipe["stages"].append({"stage": "dpo", "datasets": [{"path": "a.json", "format": "preference", "name": "prefs"}]})
     rendering = render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)
     info = json.loads(rendering.files[0].content)
     assert info["a"]["file_name"] == str(tmp_path / "a.json")
@@ -133,8 +137,9 @@ def test_dataset_info_absolute_paths_and_formats(write_recipe, tmp_path):
 
 def test_later_stage_stacks_on_previous(write_recipe):
     recipe = minimal_recipe()
-    recipe["stages"].append({"stage": "dpo", "pref_beta": 0.1,
-                             "datasets": [{"path": "p.json", "format": "preference"}]})
+    recipe["stages"].append(
+        {"stage": "dpo", "pref_beta": 0.1, "datasets": [{"path": "p.json", "format": "preference"}]}
+    )
     lora = render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)
     dpo = stage_config(lora, 1)
     assert dpo["adapter_name_or_path"] == "/RUN/1-sft" and dpo["create_new_adapter"] is True

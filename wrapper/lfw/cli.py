@@ -21,8 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lf": ("lf", "lf", "llamafactory-cli with every argument untouched, plus lfw's environment."),
     "data": ("data", "data", "Check and convert training data (JSON, JSONL, Parquet, CSV, save_to_disk)."),
     "recipes": ("recipes", "recipes", "List the bundled recipes (or, with --fields, every recipe field)."),
-    "slurm": ("slurm", "slurm",
-              "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),
+    "slurm": ("slurm", "slurm", "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),
 }
 
 
@@ -43,7 +42,6 @@ class LazyGroup(click.Group):
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
 
     def invoke(self, ctx: click.Context) -> object:
         # User errors: one clear message, exit 2, no traceback (copier's _handle_exceptions pattern).

@@ -43,7 +43,10 @@ def _query(fields: str) -> list[list[str]] | None:
     try:
         proc = subprocess.run(
             [exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -55,15 +55,20 @@ def _int_env(env: Mapping[str, str], key: str, default: int) -> int:
     if not value:
         return default
     if not value.isdigit():
-        raise UserError([Problem(f"environment {key}={value}", "expected a whole number",
-                                 f"fix or unset {key}")])
+        raise UserError([Problem(f"environment {key}={value}", "expected a whole number", f"fix or unset {key}")])
     return int(value)
 
 
 def resolve_target(
-    hardware: HardwareSpec, gpus_flag: int | None = None, env: Mapping[str, str] | None = None,
-    detected: list[GPU] | None = None, *, nnodes: int | None = None, node_rank: int | None = None,
-    master_addr: str | None = None, master_port: int | None = None,
+    hardware: HardwareSpec,
+    gpus_flag: int | None = None,
+    env: Mapping[str, str] | None = None,
+    detected: list[GPU] | None = None,
+    *,
+    nnodes: int | None = None,
+    node_rank: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
 ) -> Target:
     """Decide device and process count from the recipe, the --gpus flag and what this machine has.
 
@@ -85,10 +90,15 @@ def resolve_target(
     else:
         count = int(requested)
         if gpus and count > len(gpus):
-            raise UserError([Problem(
-                "hardware.gpus", f"{count} GPUs asked for but {len(gpus)} visible",
-                f"use --gpus {len(gpus)} or fewer, or check CUDA_VISIBLE_DEVICES",
-            )])
+            raise UserError(
+                [
+                    Problem(
+                        "hardware.gpus",
+                        f"{count} GPUs asked for but {len(gpus)} visible",
+                        f"use --gpus {len(gpus)} or fewer, or check CUDA_VISIBLE_DEVICES",
+                    )
+                ]
+            )
     target = Target(
         device=device,
         procs_per_node=count,
@@ -108,11 +118,13 @@ def _check_rendezvous(target: Target) -> None:
     if target.nnodes < 1:
         problems.append(Problem("nnodes", f"{target.nnodes} nodes", "use --nnodes 1 or more (or fix NNODES)"))
     elif not 0 <= target.node_rank < target.nnodes:
-        problems.append(Problem(
-            "node_rank",
-            f"node rank {target.node_rank} with {target.nnodes} node(s): ranks are 0..{target.nnodes - 1}",
-            "give each node a distinct --node-rank from 0 to nnodes-1 (or fix NODE_RANK)",
-        ))
+        problems.append(
+            Problem(
+                "node_rank",
+                f"node rank {target.node_rank} with {target.nnodes} node(s): ranks are 0..{target.nnodes - 1}",
+                "give each node a distinct --node-rank from 0 to nnodes-1 (or fix NODE_RANK)",
+            )
+        )
     port = target.master_port
     if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
         problems.append(Problem("master_port", f"{port!r} is not a TCP port", "use a number from 1 to 65535"))
@@ -127,10 +139,15 @@ def require_rendezvous(target: Target) -> None:
     does: without it torchrun would wait on 127.0.0.1, each node for itself, until its timeout.
     """
     if target.nnodes > 1 and not target.master_addr:
-        raise UserError([Problem(
-            "master_addr", f"a run on {target.nnodes} nodes needs the address of the node with rank 0",
-            "pass --master-addr HOST (the same on every node) or export MASTER_ADDR",
-        )])
+        raise UserError(
+            [
+                Problem(
+                    "master_addr",
+                    f"a run on {target.nnodes} nodes needs the address of the node with rank 0",
+                    "pass --master-addr HOST (the same on every node) or export MASTER_ADDR",
+                )
+            ]
+        )
 
 
 def gradient_accumulation(training: TrainingSpec, target: Target, where: str = "training") -> int:
@@ -139,13 +156,17 @@ def gradient_accumulation(training: TrainingSpec, target: Target, where: str = "
     if training.global_batch_size % per_step:
         lower = training.global_batch_size - training.global_batch_size % per_step
         options = [n for n in (lower, lower + per_step) if n > 0]
-        raise UserError([Problem(
-            f"{where}.global_batch_size",
-            f"{training.global_batch_size} is not divisible by micro_batch_size "
-            f"{training.micro_batch_size} x "
-            f"{target.world_size} processes ({target.describe()})",
-            f"use global_batch_size {' or '.join(map(str, options))}, or change micro_batch_size",
-        )])
+        raise UserError(
+            [
+                Problem(
+                    f"{where}.global_batch_size",
+                    f"{training.global_batch_size} is not divisible by micro_batch_size "
+                    f"{training.micro_batch_size} x "
+                    f"{target.world_size} processes ({target.describe()})",
+                    f"use global_batch_size {' or '.join(map(str, options))}, or change micro_batch_size",
+                )
+            ]
+        )
     return training.global_batch_size // per_step
 
 
@@ -159,10 +180,15 @@ def precision_flags(training: TrainingSpec, target: Target, where: str = "traini
         choice = "fp16" if target.bf16 is False else "bf16"
     if choice == "bf16" and target.bf16 is False:
         names = ", ".join(sorted({gpu.name for gpu in target.gpus}))
-        raise UserError([Problem(
-            f"{where}.precision", f"bf16 asked for but {names} cannot do bf16",
-            "use precision: fp16 (or auto)",
-        )])
+        raise UserError(
+            [
+                Problem(
+                    f"{where}.precision",
+                    f"bf16 asked for but {names} cannot do bf16",
+                    "use precision: fp16 (or auto)",
+                )
+            ]
+        )
     return {"use_cpu": False, "bf16": choice == "bf16", "fp16": choice == "fp16"}
 
 

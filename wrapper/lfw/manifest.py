@@ -16,11 +16,43 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("lfw", "llamafactory", "torch", "transformers", "deepspeed", "peft", "trl", "accelerate",
-            "datasets", "swanlab", "bitsandbytes", "liger-kernel", "flash-attn")
-_ENV_PREFIXES = ("CUDA_", "NCCL_", "HF_", "TRANSFORMERS_", "FORCE_TORCHRUN", "NPROC_PER_NODE", "NNODES",
-                 "NODE_RANK", "MASTER_", "WORLD_SIZE", "SWANLAB_", "DISABLE_VERSION_CHECK", "LLAMAFACTORY_",
-                 "PYTORCH_", "OMP_NUM_THREADS", "TORCH_", "DS_", "LFW_", "USE_RAY", "WANDB_MODE")
+PACKAGES = (
+    "lfw",
+    "llamafactory",
+    "torch",
+    "transformers",
+    "deepspeed",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "swanlab",
+    "bitsandbytes",
+    "liger-kernel",
+    "flash-attn",
+)
+_ENV_PREFIXES = (
+    "CUDA_",
+    "NCCL_",
+    "HF_",
+    "TRANSFORMERS_",
+    "FORCE_TORCHRUN",
+    "NPROC_PER_NODE",
+    "NNODES",
+    "NODE_RANK",
+    "MASTER_",
+    "WORLD_SIZE",
+    "SWANLAB_",
+    "DISABLE_VERSION_CHECK",
+    "LLAMAFACTORY_",
+    "PYTORCH_",
+    "OMP_NUM_THREADS",
+    "TORCH_",
+    "DS_",
+    "LFW_",
+    "USE_RAY",
+    "WANDB_MODE",
+)
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
@@ -46,12 +78,22 @@ def safe_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 def git_commit(directory: Path) -> dict[str, Any] | None:
     try:
-        head = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=False)
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(directory), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=10, check=False)
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -66,14 +66,23 @@ class TrainingProgress:
         if not self.console.is_terminal:
             self._follow(lambda record: self.console.print(f"{self.label}: {describe(record)}", highlight=False))
             return
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=self.console) as bar:
             task = bar.add_task(self.label, total=None, info="starting")
-            self._follow(lambda record: bar.update(
-                task, completed=record.get("current_steps", 0), total=record.get("total_steps"),
-                info=describe(record),
-            ))
+            self._follow(
+                lambda record: bar.update(
+                    task,
+                    completed=record.get("current_steps", 0),
+                    total=record.get("total_steps"),
+                    info=describe(record),
+                )
+            )
 
     def _follow(self, show: Callable[[dict[str, Any]], object]) -> None:
         """Show each new record until stopped, reading once more after the stop so the last step shows."""

@@ -82,7 +82,8 @@ class DatasetSpec(Strict):
     )
     name: str | None = Field(None, description="Name in dataset_info.json; default from the file name.")
     tags: Literal["from_value", "role_content"] | None = Field(
-        None, description="sharegpt tag style: from/value with human/gpt, or role/content with user/assistant."
+        None,
+        description="sharegpt tag style: from/value with human/gpt, or role/content with user/assistant.",
     )
     columns: dict[str, str] | None = Field(None, description="Column renames on top of the format's defaults.")
     media_dir: str | None = Field(None, description="Folder that image/video/audio paths are relative to.")
@@ -90,7 +91,8 @@ class DatasetSpec(Strict):
 
 class TrainingSpec(Strict):
     global_batch_size: PositiveInt = Field(
-        16, description="Samples per optimizer step over all GPUs and nodes; held constant as GPU count changes."
+        16,
+        description="Samples per optimizer step over all GPUs and nodes; held constant as GPU count changes.",
     )
     micro_batch_size: PositiveInt = Field(1, description="Samples per GPU per forward pass.")
     cutoff_len: PositiveInt = Field(2048, description="Maximum tokens per sample (longer ones are cut).")
@@ -99,14 +101,25 @@ class TrainingSpec(Strict):
     max_samples: PositiveInt | None = Field(None, description="Use at most this many samples per dataset.")
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+        "reduce_lr_on_plateau",
+        "cosine_with_min_lr",
+        "warmup_stable_decay",
     ] = Field("cosine", description="Learning-rate schedule.")
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warm-up as a fraction of all steps.")
     warmup_steps: int | None = Field(None, ge=0, description="Warm-up in steps (instead of warmup_ratio).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    precision: Precision = Field("auto", description="auto: bf16 where the GPU has it, else fp16; fp32 on CPU (bf16/fp16 there only if asked).")
+    precision: Precision = Field(
+        "auto",
+        description="auto: bf16 where the GPU has it, else fp16; fp32 on CPU (bf16/fp16 there only if asked).",
+    )
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
     packing: bool = Field(False, description="Pack several samples into one cutoff_len sequence.")
     liger_kernel: bool = Field(False, description="Fused liger kernels (saves most of the logits memory).")
@@ -166,7 +179,8 @@ def _gpu_count(value: Any) -> Any:
 
 class HardwareSpec(Strict):
     gpus: Annotated[Literal["auto"] | int, BeforeValidator(_gpu_count)] = Field(
-        "auto", description="GPUs per node: auto (all visible) or N. With device: cpu, the number of processes."
+        "auto",
+        description="GPUs per node: auto (all visible) or N. With device: cpu, the number of processes.",
     )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when GPUs are visible.")
     deepspeed: DeepSpeed = Field("none", description="none, z0, z2, z3 or z3_offload (optimizer + params to CPU).")

@@ -7,8 +7,8 @@ and reports all of them at once.
 from __future__ import annotations
 
 import copy
-import re
 import difflib
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -64,13 +64,19 @@ def resolve_recipe_path(text: str, relative_to: Path | None = None) -> Path:
         candidates.append(relative_to / raw)
     candidates.append(raw)
     bundled = bundled_recipes_dir()
-    name = text[len(BUNDLED_PREFIX):] if text.startswith(BUNDLED_PREFIX) else text
+    name = text[len(BUNDLED_PREFIX) :] if text.startswith(BUNDLED_PREFIX) else text
     candidates += [bundled / name, bundled / f"{name}.yml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
     raise UserError(
-        [Problem(text, "recipe file not found", "give a path to a recipe YAML, or a bundled name from `lfw recipes`")]
+        [
+            Problem(
+                text,
+                "recipe file not found",
+                "give a path to a recipe YAML, or a bundled name from `lfw recipes`",
+            )
+        ]
     )
 
 
@@ -133,7 +139,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one `a.b.c=value` (value parsed as YAML; list items by index: stages.0.training.learning_rate)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
-        raise UserError([Problem(f"--set {assignment}", "expected key=value", "e.g. --set training.learning_rate=2e-5")])
+        raise UserError(
+            [Problem(f"--set {assignment}", "expected key=value", "e.g. --set training.learning_rate=2e-5")]
+        )
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -125,10 +125,15 @@ def build_dataset_info(loaded: LoadedRecipe) -> tuple[dict[str, Any], list[list[
             name = _dataset_name(spec, path)
             if name in info and info[name] != entry:
                 if spec.name:
-                    raise UserError([Problem(
-                        f"stages[{index}].datasets[{ds_index}].name", f"{name!r} already names other data",
-                        "give each dataset a distinct name",
-                    )])
+                    raise UserError(
+                        [
+                            Problem(
+                                f"stages[{index}].datasets[{ds_index}].name",
+                                f"{name!r} already names other data",
+                                "give each dataset a distinct name",
+                            )
+                        ]
+                    )
                 suffix = 2
                 while f"{name}_{suffix}" in info and info[f"{name}_{suffix}"] != entry:
                     suffix += 1
@@ -148,10 +153,15 @@ def _media_dir(loaded: LoadedRecipe, stage_index: int) -> str | None:
             folder = resolve_path(spec.media_dir, loaded.base_dir) if spec.media_dir else data_path.parent
             folders.add(str(folder))
     if len(folders) > 1:
-        raise UserError([Problem(
-            f"stages[{stage_index}].datasets", "multimodal datasets with media in different folders",
-            "set the same media_dir on each (LLaMA-Factory has one media_dir per run)",
-        )])
+        raise UserError(
+            [
+                Problem(
+                    f"stages[{stage_index}].datasets",
+                    "multimodal datasets with media in different folders",
+                    "set the same media_dir on each (LLaMA-Factory has one media_dir per run)",
+                )
+            ]
+        )
     return folders.pop() if folders else None
 
 
@@ -253,12 +263,16 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
         for key in recipe.llamafactory:
             if key in rendered_keys:
                 problems.add(
-                    f"llamafactory.{key}", "lfw already renders this key from the recipe",
+                    f"llamafactory.{key}",
+                    "lfw already renders this key from the recipe",
                     "set it through the recipe's own field (see `lfw recipes --fields`)",
                 )
         for key in sorted(rendered_keys - keys.keys):
-            problems.add(f"rendered {key}", f"not accepted by LLaMA-Factory {keys.llamafactory}",
-                         "report this lfw bug; meanwhile pin the versions lfw supports")
+            problems.add(
+                f"rendered {key}",
+                f"not accepted by LLaMA-Factory {keys.llamafactory}",
+                "report this lfw bug; meanwhile pin the versions lfw supports",
+            )
         text = template.render(**{**context, "passthrough": recipe.llamafactory})
         config_name = f"{stage_name}.yaml"
         files.append(RenderedFile(config_name, text))

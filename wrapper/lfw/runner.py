@@ -7,6 +7,7 @@ tree (torchrun and its workers), not just the launcher.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lfw.datacheck import DataReport
-from lfw.errors import ProblemCollector, UserError
+from lfw.errors import Problem, ProblemCollector, UserError
 from lfw.launch import Target, launch_env
 from lfw.manifest import base_manifest, git_commit, now, safe_environment, write_manifest
 from lfw.progress import LOG_NAME, TrainingProgress
@@ -69,21 +70,33 @@ def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str]) -> None
     source = str(loaded.path)
     model = model_location(recipe.model.path, loaded.base_dir)
     if model.startswith("/") and not Path(model).is_dir():
-        problems.add(f"{source} model.path", f"model folder {model} does not exist",
-                     "fix the path (relative paths are relative to the recipe's folder)")
+        problems.add(
+            f"{source} model.path",
+            f"model folder {model} does not exist",
+            "fix the path (relative paths are relative to the recipe's folder)",
+        )
     if target.device == "cuda" and not target.gpus:
-        problems.add(f"{source} hardware", "GPUs asked for but none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)",
-                     "run on a GPU machine, or set hardware.device: cpu for a CPU run")
+        problems.add(
+            f"{source} hardware",
+            "GPUs asked for but none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)",
+            "run on a GPU machine, or set hardware.device: cpu for a CPU run",
+        )
     swanlab = recipe.tracking.swanlab
     if swanlab and swanlab.mode == "cloud" and not env.get("SWANLAB_API_KEY"):
-        problems.add(f"{source} tracking.swanlab.mode", "cloud logging needs SWANLAB_API_KEY in the environment",
-                     "export SWANLAB_API_KEY=... (never put it in the recipe), or use mode: local")
+        problems.add(
+            f"{source} tracking.swanlab.mode",
+            "cloud logging needs SWANLAB_API_KEY in the environment",
+            "export SWANLAB_API_KEY=... (never put it in the recipe), or use mode: local",
+        )
     for s_index, stage in enumerate(recipe.stages):
         for d_index, spec in enumerate(stage.datasets):
             path = resolve_path(spec.path, loaded.base_dir)
             if not path.exists():
-                problems.add(f"{source} stages[{s_index}].datasets[{d_index}].path", f"{path} does not exist",
-                             "fix the path (relative paths are relative to the recipe's folder)")
+                problems.add(
+                    f"{source} stages[{s_index}].datasets[{d_index}].path",
+                    f"{path} does not exist",
+                    "fix the path (relative paths are relative to the recipe's folder)",
+                )
     problems.raise_if_any("cannot start the run:")
 
 
@@ -99,7 +112,10 @@ def check_data(loaded: LoadedRecipe) -> list[tuple[int, int, DataReport]]:
     for s_index, stage in enumerate(loaded.recipe.stages):
         for d_index, spec in enumerate(stage.datasets):
             report = check_dataset(
-                resolve_path(spec.path, loaded.base_dir), fmt=spec.format, columns=spec.columns, tags=spec.tags,
+                resolve_path(spec.path, loaded.base_dir),
+                fmt=spec.format,
+                columns=spec.columns,
+                tags=spec.tags,
                 media_dir=resolve_path(spec.media_dir, loaded.base_dir) if spec.media_dir else None,
                 stage=stage.stage,
             )
@@ -142,14 +158,32 @@ def _stop_group(proc: subprocess.Popen, console: Console) -> None:
             console.print(f"[yellow]still running, sending {sig.name}[/]")
 
 
-def run_stage(cmd: list[str], env: dict[str, str], log_path: Path, trainer_log: Path, label: str,
-              console: Console, stream: bool) -> StageResult:
+def run_stage(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    trainer_log: Path,
+    label: str,
+    console: Console,
+    stream: bool,
+) -> StageResult:
     """Launch one stage in its own process group, tee its output, follow its progress."""
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log, TrainingProgress(trainer_log, label, console) as progress:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace")
+    with (
+        open(log_path, "w", encoding="utf-8") as log,
+        TrainingProgress(trainer_log, label, console) as progress,
+    ):
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -170,8 +204,15 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text[-lines:])
 
 
-def execute(loaded: LoadedRecipe, target: Target, *, dry_run: bool = False, stream: bool = False,
-            console: Console | None = None, output_root: Path | None = None) -> int:
+def execute(
+    loaded: LoadedRecipe,
+    target: Target,
+    *,
+    dry_run: bool = False,
+    stream: bool = False,
+    console: Console | None = None,
+    output_root: Path | None = None,
+) -> int:
     """Run every stage of a recipe; returns the exit code of the first failing stage (0 when all pass)."""
     console = console or Console()
     env = dict(os.environ)
@@ -200,51 +241,168 @@ def execute(loaded: LoadedRecipe, target: Target, *, dry_run: bool = False, stre
     return _launch(loaded, target, rendering, run_dir, cli, extra_env, env, console, stream)
 
 
-def _launch(loaded: LoadedRecipe, target: Target, rendering: Rendering, run_dir: Path, cli: str,
-            extra_env: dict[str, str], env: dict[str, str], console: Console, stream: bool) -> int:
+def stage_environment(cli: str, env: dict[str, str], extra_env: dict[str, str]) -> dict[str, str]:
+    """The user's environment plus lfw's launch variables; llamafactory-cli starts `torchrun` by name,
+    so its folder (the venv's bin) goes first on PATH even when the venv is not activated."""
+    return {**env, **extra_env, "PATH": os.pathsep.join([str(Path(cli).parent), env.get("PATH", "")])}
+
+
+def _launch(
+    loaded: LoadedRecipe,
+    target: Target,
+    rendering: Rendering,
+    run_dir: Path,
+    cli: str,
+    extra_env: dict[str, str],
+    env: dict[str, str],
+    console: Console,
+    stream: bool,
+) -> int:
     rendering.write(run_dir)
     (run_dir / "recipe.yaml").write_text(loaded.path.read_text(encoding="utf-8"), encoding="utf-8")
-    # llamafactory-cli starts `torchrun` by name: the venv's bin must be on PATH even when lfw was not activated.
-    path = os.pathsep.join([str(Path(cli).parent), env.get("PATH", "")])
-    full_env = {**env, **extra_env, "PATH": path}
+    full_env = stage_environment(cli, env, extra_env)
     manifest = base_manifest(
         run_dir=str(run_dir),
-        recipe={"path": str(loaded.path), "extends": [str(p) for p in loaded.chain[1:]],
-                "overrides": loaded.overrides, "resolved": loaded.recipe.model_dump(mode="json")},
+        recipe={
+            "path": str(loaded.path),
+            "extends": [str(p) for p in loaded.chain[1:]],
+            "overrides": loaded.overrides,
+            "resolved": loaded.recipe.model_dump(mode="json"),
+        },
         files=[f.name for f in rendering.files],
         git=git_commit(loaded.path.parent),
-        target={"device": target.device, "procs_per_node": target.procs_per_node, "nnodes": target.nnodes,
-                "node_rank": target.node_rank, "world_size": target.world_size,
-                "master_addr": target.master_addr, "master_port": target.master_port,
-                "gpus": [gpu.as_dict() for gpu in target.gpus]},
+        target={
+            "device": target.device,
+            "procs_per_node": target.procs_per_node,
+            "nnodes": target.nnodes,
+            "node_rank": target.node_rank,
+            "world_size": target.world_size,
+            "master_addr": target.master_addr,
+            "master_port": target.master_port,
+            "gpus": [gpu.as_dict() for gpu in target.gpus],
+        },
         launch_env=extra_env,
         environment=safe_environment(full_env),
-        stages=[{"name": s.name, "config": s.config, "output_dir": str(s.output_dir),
-                 "command": [cli, "train", str(run_dir / s.config)], "status": "pending"}
-                for s in rendering.stages],
+        stages=[
+            {
+                "name": s.name,
+                "config": s.config,
+                "output_dir": str(s.output_dir),
+                "command": [cli, "train", str(run_dir / s.config)],
+                "status": "pending",
+            }
+            for s in rendering.stages
+        ],
         status="running",
     )
-    manifest_path = run_dir / MANIFEST
-    write_manifest(manifest_path, manifest)
+    write_manifest(run_dir / MANIFEST, manifest)
     console.print(f"[bold]run directory[/]: {run_dir}  ({target.describe()})")
+    return _run_stages(manifest, run_dir, full_env, console, stream)
+
+
+def _run_stages(manifest: dict, run_dir: Path, env: dict[str, str], console: Console, stream: bool) -> int:
+    """Launch, in order, every stage not yet finished; stop at the first failure and record everything."""
+    manifest_path = run_dir / MANIFEST
+    manifest.update(status="running")
     returncode = 0
-    for stage, record in zip(rendering.stages, manifest["stages"]):
+    for record in manifest["stages"]:
+        if record["status"] == "ok":
+            continue
         record.update(status="running", started=now())
         write_manifest(manifest_path, manifest)
-        log_path = run_dir / "logs" / f"{stage.name}.log"
-        result = run_stage(record["command"], full_env, log_path, stage.output_dir / LOG_NAME, stage.name,
-                           console, stream)
-        record.update(status="ok" if result.returncode == 0 else "failed", returncode=result.returncode,
-                      seconds=round(result.seconds, 1), finished=now(), last_log=result.last_log, log=str(log_path))
+        name, output_dir = record["name"], Path(record["output_dir"])
+        log_path = run_dir / "logs" / f"{name}.log"
+        if log_path.exists():  # a resumed stage keeps the log of its earlier attempt
+            log_path.replace(log_path.with_name(f"{name}.{datetime.now():%Y%m%d-%H%M%S}.log"))
+        result = run_stage(record["command"], env, log_path, output_dir / LOG_NAME, name, console, stream)
+        record.update(
+            status="ok" if result.returncode == 0 else "failed",
+            returncode=result.returncode,
+            seconds=round(result.seconds, 1),
+            finished=now(),
+            last_log=result.last_log,
+            log=str(log_path),
+        )
         write_manifest(manifest_path, manifest)
         if result.returncode != 0:
             returncode = result.returncode
             if returncode != 130 and not stream:
-                console.print(f"[red]stage {stage.name} failed (exit {returncode}); last lines of {log_path}:[/]")
+                console.print(f"[red]stage {name} failed (exit {returncode}); last lines of {log_path}:[/]")
                 console.out(_tail(log_path), highlight=False)
             break
-        console.print(f"[green]stage {stage.name} done[/] in {result.seconds:.0f} s -> {stage.output_dir}")
-    manifest.update(status="ok" if returncode == 0 else ("interrupted" if returncode == 130 else "failed"),
-                    finished=now())
+        console.print(f"[green]stage {name} done[/] in {result.seconds:.0f} s -> {output_dir}")
+    manifest.update(
+        status="ok" if returncode == 0 else ("interrupted" if returncode == 130 else "failed"), finished=now()
+    )
     write_manifest(manifest_path, manifest)
     return returncode
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` folder Trainer saved (by step number, not by name order)."""
+    steps = [
+        (int(p.name.split("-")[1]), p)
+        for p in output_dir.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    ]
+    return max(steps)[1] if steps else None
+
+
+def resume_run(
+    loaded: LoadedRecipe,
+    target: Target,
+    *,
+    stream: bool = False,
+    console: Console | None = None,
+    output_root: Path | None = None,
+) -> int:
+    """Continue the newest unfinished run of this recipe: finished stages are kept, the first unfinished
+    one restarts from its last checkpoint (a new `<stage>.resume.yaml`; the rendered files stay as they were)."""
+    console = console or Console()
+    recipe = loaded.recipe
+    parent = (output_root or Path(recipe.output_dir)).expanduser().resolve() / recipe.name
+    runs = sorted((p for p in parent.glob("*") if (p / MANIFEST).is_file()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UserError(f"no earlier run of {recipe.name} under {parent} to resume: start one with lfw run")
+    run_dir = runs[-1]
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    if manifest.get("status") == "ok":
+        raise UserError(f"{run_dir} finished already: nothing to resume (lfw run without --resume starts anew)")
+    if (run_dir / "recipe.yaml").read_text(encoding="utf-8") != loaded.path.read_text(encoding="utf-8"):
+        raise UserError(
+            [
+                Problem(
+                    str(loaded.path),
+                    f"the recipe changed since {run_dir} started",
+                    "resume with the recipe as it was, or start a new run without --resume",
+                )
+            ]
+        )
+    if manifest["target"]["world_size"] != target.world_size:
+        raise UserError(
+            [
+                Problem(
+                    "--resume",
+                    f"the run used {manifest['target']['world_size']} processes, now {target.world_size}",
+                    "resume on the same number of GPUs and nodes",
+                )
+            ]
+        )
+    for record in manifest["stages"]:
+        if record["status"] == "ok":
+            continue
+        checkpoint = latest_checkpoint(Path(record["output_dir"]))
+        if checkpoint is not None:
+            config = run_dir / record["config"]
+            resumed = config.with_name(f"{config.stem}.resume.yaml")
+            resumed.write_text(
+                config.read_text(encoding="utf-8")
+                + f"\n### resume (lfw run --resume)\nresume_from_checkpoint: {json.dumps(str(checkpoint))}\n"
+            )
+            record["command"] = [*record["command"][:-1], str(resumed)]
+            console.print(f"resuming {record['name']} from {checkpoint}")
+        break
+    env = stage_environment(manifest["stages"][0]["command"][0], dict(os.environ), manifest["launch_env"])
+    manifest.setdefault("resumed", []).append(now())
+    console.print(f"[bold]resuming run directory[/]: {run_dir}")
+    return _run_stages(manifest, run_dir, env, console, stream)

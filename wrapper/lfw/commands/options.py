@@ -6,7 +6,10 @@ import click
 
 recipe_argument = click.argument("recipe", metavar="RECIPE")
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Override a recipe value, e.g. --set training.learning_rate=2e-5 (repeatable).",
 )
 gpus_option = click.option(

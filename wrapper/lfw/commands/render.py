@@ -12,8 +12,13 @@ from lfw.errors import UserError
 
 @click.command()
 @recipe_argument
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write the files into this (new or empty) folder instead of printing them.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the files into this (new or empty) folder instead of printing them.",
+)
 @gpus_option
 @set_option
 def render(recipe: str, output: Path | None, gpus: int | None, overrides: tuple[str, ...]) -> None:

@@ -12,6 +12,8 @@ from lfw.commands.options import gpus_option, recipe_argument, set_option
 @click.command()
 @recipe_argument
 @click.option("--dry-run", is_flag=True, help="Check and show what would run; create and launch nothing.")
+@click.option("--resume", is_flag=True,
+              help="Continue the newest unfinished run of this recipe from its last checkpoint.")
 @click.option("--stream", is_flag=True, help="Echo LLaMA-Factory's output live (it is always in logs/).")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where run directories go (default: the recipe's output_dir).")
@@ -25,7 +27,7 @@ from lfw.commands.options import gpus_option, recipe_argument, set_option
 @click.option("--master-port", type=click.IntRange(1, 65535), default=None,
               help="Free TCP port on the rank-0 node, the same on every node (default: $MASTER_PORT).")
 @set_option
-def run(recipe: str, dry_run: bool, stream: bool, output_dir: Path | None, gpus: int | None,
+def run(recipe: str, dry_run: bool, resume: bool, stream: bool, output_dir: Path | None, gpus: int | None,
         nnodes: int | None, node_rank: int | None, master_addr: str | None, master_port: int | None,
         overrides: tuple[str, ...]) -> None:
     """Check the recipe and data, render into a new run directory, launch every stage.
@@ -41,12 +43,15 @@ def run(recipe: str, dry_run: bool, stream: bool, output_dir: Path | None, gpus:
     """
     from lfw.launch import require_rendezvous, resolve_target
     from lfw.recipe_loader import load_recipe
-    from lfw.runner import execute
+    from lfw.runner import execute, resume_run
 
     loaded = load_recipe(recipe, overrides)
     target = resolve_target(loaded.recipe.hardware, gpus, nnodes=nnodes, node_rank=node_rank,
                             master_addr=master_addr, master_port=master_port)
     require_rendezvous(target)
-    code = execute(loaded, target, dry_run=dry_run, stream=stream, output_root=output_dir)
+    if resume:
+        code = resume_run(loaded, target, stream=stream, output_root=output_dir)
+    else:
+        code = execute(loaded, target, dry_run=dry_run, stream=stream, output_root=output_dir)
     if code:
         raise SystemExit(code)
