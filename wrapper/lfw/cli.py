@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Check, render into a new run directory and launch each stage."),
     "lf": ("lf", "lf", "llamafactory-cli with every argument untouched, plus lfw's environment."),
     "data": ("data", "data", "Check and convert training data (JSON, JSONL, Parquet, CSV, save_to_disk)."),
+    "plan": ("plan", "plan", "Estimate per-GPU memory and pick the largest micro batch that fits."),
+    "doctor": ("doctor", "doctor", "Check the environment and the recipe for known bad combinations."),
     "recipes": ("recipes", "recipes", "List the bundled recipes (or, with --fields, every recipe field)."),
     "slurm": ("slurm", "slurm", "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),
 }

@@ -94,7 +94,9 @@ class TrainingSpec(Strict):
         16,
         description="Samples per optimizer step over all GPUs and nodes; held constant as GPU count changes.",
     )
-    micro_batch_size: PositiveInt = Field(1, description="Samples per GPU per forward pass.")
+    micro_batch_size: PositiveInt | Literal["auto"] = Field(
+        1, description="Samples per GPU per forward pass; auto: the largest that `lfw plan` finds fits."
+    )
     cutoff_len: PositiveInt = Field(2048, description="Maximum tokens per sample (longer ones are cut).")
     epochs: float | None = Field(3.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps.")

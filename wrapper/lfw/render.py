@@ -8,6 +8,7 @@ of (recipe, target, run directory, installed versions): render twice, get the sa
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -176,6 +177,29 @@ def _warmup(training: Any, keys: KeySet) -> tuple[str | None, float | int | None
     return "warmup_ratio", training.warmup_ratio
 
 
+def _auto_micro_batch(loaded: LoadedRecipe, index: int, target: Target) -> int:
+    """`micro_batch_size: auto`: 1 on CPU, else the memory planner's pick for the smallest GPU used (detected,
+    or LFW_GPU_MEM_GIB when rendering for GPUs that are not on this machine)."""
+    if target.device == "cpu":
+        return 1
+    from lfw.model_arch import resolve_arch
+    from lfw.plan import GIB, auto_micro_batch
+
+    used = [gpu.memory_mib for gpu in target.gpus[: target.procs_per_node] if gpu.memory_mib]
+    env_gib = os.environ.get("LFW_GPU_MEM_GIB")
+    if env_gib:
+        gpu_bytes = float(env_gib) * GIB
+    elif used:
+        gpu_bytes = min(used) * 2**20
+    else:
+        raise UserError([Problem(
+            "training.micro_batch_size", "auto needs the GPU memory, and no GPU is visible here",
+            "set LFW_GPU_MEM_GIB=80 (GiB per GPU) or give a number; `lfw plan --gpu-mem` shows the choice",
+        )])
+    arch = resolve_arch(loaded.recipe.model.path, loaded.base_dir)
+    return auto_micro_batch(loaded.recipe, index, arch, target.world_size, gpu_bytes)
+
+
 def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
     """Render every file of a run whose directory will be `run_dir` (absolute paths point into it)."""
     recipe = loaded.recipe
@@ -205,6 +229,9 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
         where = f"stages[{index}].training" if stage.training else "training"
         training = recipe.stage_training(index)
         try:
+            if training.micro_batch_size == "auto":
+                micro = _auto_micro_batch(loaded, index, target)
+                training = training.model_copy(update={"micro_batch_size": micro})
             grad_accum = gradient_accumulation(training, target, where)
             precision = precision_flags(training, target, where)
         except UserError as err:
