@@ -22,6 +22,14 @@ def test_help_lists_every_command(runner):
         assert name in result.output
 
 
+def test_every_listed_command_imports_and_has_help(runner):
+    from lfw.cli import COMMANDS
+
+    for name in COMMANDS:
+        result = runner.invoke(cli, [name, "--help"]) if name != "lf" else None
+        assert result is None or result.exit_code == 0, (name, result.output)
+
+
 def test_render_prints_all_files(runner):
     result = runner.invoke(cli, ["render", "recipes/qwen3_14b_qlora_4gpu.yml", "--gpus", "4"])
     assert result.exit_code == 0, result.output
