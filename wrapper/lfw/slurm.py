@@ -84,9 +84,7 @@ def check_job(job: SlurmJob) -> None:
 
 def slurm_target(loaded: LoadedRecipe, job: SlurmJob) -> Target:
     """The machine the job will run on, as seen from node 0 (GPUs are not visible on the login node)."""
-    return resolve_target(
-        loaded.recipe.hardware, job.gpus_per_node, env={}, detected=[], nnodes=job.nodes, node_rank=0
-    )
+    return resolve_target(loaded.recipe.hardware, job.gpus_per_node, env={}, detected=[], nnodes=job.nodes, node_rank=0)
 
 
 def _recipe_reference(loaded: LoadedRecipe) -> str:

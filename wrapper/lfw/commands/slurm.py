@@ -34,9 +34,7 @@ _PATH = click.Path(path_type=Path)
     default=None,
     help="Script file to write (default: lfw-<recipe name>.sbatch here). Never overwritten.",
 )
-@click.option(
-    "--log-dir", type=_PATH, default=None, help="Folder for the per-node logs (default: ./slurm-logs)."
-)
+@click.option("--log-dir", type=_PATH, default=None, help="Folder for the per-node logs (default: ./slurm-logs).")
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -148,9 +146,7 @@ def slurm(
             ]
         ) from None
     job.script.chmod(0o755)
-    click.echo(
-        f"wrote {job.script}  ({nodes} node(s) x {target.procs_per_node}, world size {target.world_size})"
-    )
+    click.echo(f"wrote {job.script}  ({nodes} node(s) x {target.procs_per_node}, world size {target.world_size})")
     click.echo(f"per-node logs: {job.log_dir}")
     if not submit:
         click.echo(f"submit with: sbatch {job.script}")
