@@ -72,3 +72,25 @@ def clean_env() -> dict[str, str]:
     """The environment without launch variables that would leak into tests."""
     drop = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "FORCE_TORCHRUN", "NPROC_PER_NODE")
     return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def tiny_recipe(tiny: dict[str, Path], **changes) -> dict:
+    """A short LoRA SFT of the tiny model on the CPU; keyword arguments replace top-level blocks."""
+    recipe = {
+        "name": "e2e",
+        "model": {"path": str(tiny["model"]), "template": "qwen3_nothink"},
+        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
+        "training": {
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "cutoff_len": 128,
+            "max_steps": 12,
+            "learning_rate": 5e-3,
+            "logging_steps": 2,
+            "save_steps": 100,
+        },
+        "stages": [{"stage": "sft", "datasets": [{"path": str(tiny["sft_alpaca"]), "format": "alpaca"}]}],
+        "hardware": {"device": "cpu"},
+    }
+    recipe.update(changes)
+    return recipe

@@ -15,30 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_recipe
 from lfw.cli import main
 from lfw.progress import read_trainer_log
 from lfw.runner import new_run_dir
-
-
-def tiny_recipe(tiny: dict[str, Path], **changes) -> dict:
-    recipe = {
-        "name": "e2e",
-        "model": {"path": str(tiny["model"]), "template": "qwen3_nothink"},
-        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
-        "training": {
-            "global_batch_size": 8,
-            "micro_batch_size": 4,
-            "cutoff_len": 128,
-            "max_steps": 12,
-            "learning_rate": 5e-3,
-            "logging_steps": 2,
-            "save_steps": 100,
-        },
-        "stages": [{"stage": "sft", "datasets": [{"path": str(tiny["sft_alpaca"]), "format": "alpaca"}]}],
-        "hardware": {"device": "cpu"},
-    }
-    recipe.update(changes)
-    return recipe
 
 
 def run_recipe(recipe: dict, tmp_path: Path, *extra: str) -> tuple[int, Path | None]:

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import clean_env
+from conftest import clean_env, tiny_recipe
 from lfw.errors import UserError
 from lfw.gpus import GPU
 from lfw.launch import gradient_accumulation, launch_env, require_rendezvous, resolve_target
@@ -100,22 +100,8 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_two_nodes_on_one_machine(tiny, tmp_path):
     """NNODES=2 with one gloo process per "node": two `lfw run`s meet at 127.0.0.1 and train together."""
-    recipe = {
-        "name": "mn",
-        "model": {"path": str(tiny["model"]), "template": "qwen3_nothink"},
-        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
-        "training": {
-            "global_batch_size": 8,
-            "micro_batch_size": 4,
-            "cutoff_len": 128,
-            "max_steps": 6,
-            "learning_rate": 5e-3,
-            "logging_steps": 2,
-            "save_steps": 100,
-        },
-        "stages": [{"stage": "sft", "datasets": [{"path": str(tiny["sft_alpaca"]), "format": "alpaca"}]}],
-        "hardware": {"device": "cpu", "gpus": 1},
-    }
+    recipe = tiny_recipe(tiny, name="mn", hardware={"device": "cpu", "gpus": 1})
+    recipe["training"]["max_steps"] = 6
     path = tmp_path / "recipe.yml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     env = {**clean_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
