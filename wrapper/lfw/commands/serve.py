@@ -73,7 +73,7 @@ def serve(
     \b
     Examples:
       lfw serve runs/tiny-cpu-demo/20250101-120000/export
-      MY_KEY=secret lfw serve merged/ --api-key-env MY_KEY --port 8001
+      lfw serve merged/ --api-key-env MY_KEY --port 8001     (MY_KEY exported beforehand)
       lfw serve merged/ --dry-run -- --dtype float32
     """
     from rich.console import Console
