@@ -74,6 +74,17 @@ def read_lineage(model_dir: Path) -> dict[str, Any] | None:
         raise UserError([Problem(str(path), f"not valid JSON: {err}", "export again with lfw export --force")]) from err
 
 
+def _run_export(run_dir: Path) -> Path | None:
+    """A run's final export: RUN/export (LoRA), else the last stage folder given lineage by lfw export (full)."""
+    candidates = [run_dir / "export"]
+    try:
+        stages = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("stages") or []
+        candidates += [Path(stage["output_dir"]) for stage in reversed(stages) if "output_dir" in stage][:1]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return next((c for c in candidates if (c / "lineage.json").is_file()), None)
+
+
 def resolve_model(model: str) -> tuple[str, dict[str, Any] | None, list[str]]:
     """The model to hand to vLLM, its lineage (if exported by lfw) and notes for the user.
 
@@ -88,20 +99,13 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any] | None, list[str]]:
         return model, None, notes  # a hub id: vLLM downloads or finds it in its cache
     path = path.resolve()
     if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
-        export_dir = path / "export"
-        if (export_dir / "lineage.json").is_file():
-            notes.append(f"{path} is a run directory: serving its export {export_dir}")
-            path = export_dir
-        else:
+        exported = _run_export(path)
+        if exported is None:
             raise UserError(
-                [
-                    Problem(
-                        str(path),
-                        "is a run directory without an export",
-                        f"merge it first: lfw export {path}, then lfw serve {export_dir}",
-                    )
-                ]
+                [Problem(str(path), "is a run directory without an export", f"merge it first: lfw export {path}")]
             )
+        notes.append(f"{path} is a run directory: serving its export {exported}")
+        path = exported
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         raise UserError(
             [
