@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export", "export", "Merge LoRA adapter(s) into the base model, verify it loads, record lineage."),
     "serve": ("serve", "serve", "Serve a model with vLLM's OpenAI-compatible server (127.0.0.1 by default)."),
     "slurm": ("slurm", "slurm", "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),
+    "eval": ("eval", "eval", "Score models on local benchmarks through vLLM (or transformers)."),
+    "report": ("report", "report", "Compare runs and evaluations: tables, loss curves and score charts."),
 }
 
 

