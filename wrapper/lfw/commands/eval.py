@@ -56,7 +56,7 @@ from lfw.errors import UserError
     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
     default="auto",
     show_default=True,
-    help="Weights dtype (auto: float32 for hf on CPU, vLLM's choice for vllm).",
+    help="Weights dtype. auto: float32 on a CPU (vllm: unless it has bf16 instructions), bf16/fp16 on GPUs.",
 )
 @click.option(
     "--batch-size",
