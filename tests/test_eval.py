@@ -152,6 +152,28 @@ def test_models_checked_before_anything_runs(tmp_path, tiny, runner):
     assert result.exit_code == 2 and "--limit" in result.output
 
 
+def test_worker_renders_prompts_with_the_model_template(tiny):
+    from transformers import AutoTokenizer
+
+    from lfw.eval_worker import Renderer, prepare
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    assert Renderer(tokenizer, {}).render(messages).endswith("What is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+    no_think = Renderer(tokenizer, {"enable_thinking": False}).render(messages)  # --no-thinking
+    assert no_think.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    requests = [
+        {"messages": messages, "continuations": ["A", "B"], "max_tokens": 100},
+        {"messages": [{"role": "user", "content": "word " * 40}], "max_tokens": 5},
+    ]
+    prepare(requests, Renderer(tokenizer, {}), max_len=40)
+    assert requests[0]["max_tokens"] == 40 - len(requests[0]["prompt_ids"])  # cut to fit the context
+    assert [len(c) for c in requests[0]["continuation_ids"]] == [1, 1]
+    assert "does not fit" in requests[1]["error"]
+    tokenizer.chat_template = None  # a base model without a chat template: plain text
+    assert Renderer(tokenizer, {}).render(messages) == "What is 2+3?\n"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The session pipeline: tiny model -> LoRA SFT -> hf evaluations of base and SFT
 
