@@ -151,6 +151,20 @@ def test_later_stage_stacks_on_previous(write_recipe):
     assert stage_config(full, 1)["model_name_or_path"] == "/RUN/1-sft"
 
 
+def test_third_stage_stacks_every_earlier_adapter(write_recipe):
+    recipe = minimal_recipe()
+    recipe["stages"] += [
+        {"stage": "dpo", "datasets": [{"path": "p.json", "format": "preference"}]},
+        {"stage": "kto", "datasets": [{"path": "k.json", "format": "kto"}]},
+    ]
+    lora = render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)
+    assert stage_config(lora, 2)["adapter_name_or_path"] == "/RUN/1-sft,/RUN/2-dpo"
+    qlora = render(load_recipe(str(write_recipe(recipe)), ["method.type=qlora"]), Target("cpu", 1), RUN_DIR)
+    assert stage_config(qlora, 2)["adapter_name_or_path"] == "/RUN/2-dpo"  # the one adapter, trained on
+    full = render(load_recipe(str(write_recipe(recipe)), ["method.type=full"]), Target("cpu", 1), RUN_DIR)
+    assert stage_config(full, 2)["model_name_or_path"] == "/RUN/2-dpo"
+
+
 def test_passthrough_cannot_shadow_rendered_keys(write_recipe):
     loaded = load_recipe(str(write_recipe(minimal_recipe(llamafactory={"learning_rate": 1.0}))))
     with pytest.raises(UserError, match="llamafactory.learning_rate: lfw already renders this key"):

@@ -192,10 +192,15 @@ def _auto_micro_batch(loaded: LoadedRecipe, index: int, target: Target) -> int:
     elif used:
         gpu_bytes = min(used) * 2**20
     else:
-        raise UserError([Problem(
-            "training.micro_batch_size", "auto needs the GPU memory, and no GPU is visible here",
-            "set LFW_GPU_MEM_GIB=80 (GiB per GPU) or give a number; `lfw plan --gpu-mem` shows the choice",
-        )])
+        raise UserError(
+            [
+                Problem(
+                    "training.micro_batch_size",
+                    "auto needs the GPU memory, and no GPU is visible here",
+                    "set LFW_GPU_MEM_GIB=80 (GiB per GPU) or give a number; `lfw plan --gpu-mem` shows the choice",
+                )
+            ]
+        )
     arch = resolve_arch(loaded.recipe.model.path, loaded.base_dir)
     return auto_micro_batch(loaded.recipe, index, arch, target.world_size, gpu_bytes)
 
@@ -223,7 +228,7 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
     method = recipe.method
     finetuning_type = "lora" if method.type in ("lora", "qlora") else method.type
     stages = []
-    previous_output: Path | None = None
+    earlier_outputs: list[Path] = []
     model_path = model_location(recipe.model.path, loaded.base_dir)
     for index, stage in enumerate(recipe.stages):
         where = f"stages[{index}].training" if stage.training else "training"
@@ -242,11 +247,13 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
         # Later stages continue from the earlier one: a new adapter on top (LoRA) or the saved weights (full).
         adapter_from = None
         stage_model = model_path
-        if previous_output is not None:
+        if earlier_outputs:
             if finetuning_type == "lora":
-                adapter_from = str(previous_output)
+                # LoRA stacks every earlier adapter in order; QLoRA keeps training the one adapter it has.
+                chain = earlier_outputs if method.quantization is None else earlier_outputs[-1:]
+                adapter_from = ",".join(str(p) for p in chain)
             else:
-                stage_model = str(previous_output)
+                stage_model = str(earlier_outputs[-1])
         warmup_key, warmup_value = _warmup(training, keys)
         swanlab = recipe.tracking.swanlab
         context = {
@@ -304,6 +311,6 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
         config_name = f"{stage_name}.yaml"
         files.append(RenderedFile(config_name, text))
         stages.append(RenderedStage(index, stage_name, config_name, output_dir))
-        previous_output = output_dir
+        earlier_outputs.append(output_dir)
     problems.raise_if_any(f"{loaded.path}: cannot render for {target.describe()}")
     return Rendering(files, stages)

