@@ -425,7 +425,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": backend.dtype,
         "seed": args.seed,
         "max_model_len": limit,
-        "chat_template": "model" if renderer.has_template else "none (plain text)",
+        "chat_template": (
+            ("adapter" if tokenizer_source(args.model, args.adapter) != args.model else "model")
+            if renderer.has_template
+            else "none (plain text)"
+        ),
         "chat_template_kwargs": renderer.template_kwargs,
         "load_seconds": round(load_seconds, 3),
         "groups": groups,
