@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("data", "data", "Check and convert training data (JSON, JSONL, Parquet, CSV, save_to_disk)."),
     "plan": ("plan", "plan", "Estimate per-GPU memory and pick the largest micro batch that fits."),
     "doctor": ("doctor", "doctor", "Check the environment and the recipe for known bad combinations."),
+    "import": ("lf_import", "lf_import", "Turn an existing LLaMA-Factory train YAML into an lfw recipe."),
     "recipes": ("recipes", "recipes", "List the bundled recipes (or, with --fields, every recipe field)."),
     "export": ("export", "export", "Merge LoRA adapter(s) into the base model, verify it loads, record lineage."),
     "serve": ("serve", "serve", "Serve a model with vLLM's OpenAI-compatible server (127.0.0.1 by default)."),
