@@ -3,8 +3,9 @@
 Not part of CI: it needs a CUDA GPU, torch, transformers, peft (and bitsandbytes / liger-kernel wheels for
 QLoRA and the liger rows). Three sub-commands:
 
-    python scripts/bench_plan_vs_gpu.py measure --out results.jsonl [--budget 420] [--grid full|verify]
-    python scripts/bench_plan_vs_gpu.py report results.jsonl --doc docs/plan_vs_gpu.md
+    python scripts/bench_plan_vs_gpu.py measure --out results.jsonl [--budget 420]
+        [--grid full|verify|independent] [--gpu-mem GiB] [--models 0.6B 4B] [--methods lora qlora full]
+    python scripts/bench_plan_vs_gpu.py report results.jsonl [--doc docs/plan_vs_gpu.md | --append TITLE]
     python scripts/bench_plan_vs_gpu.py worker SPEC_JSON        (internal: one model/method/liger group)
 
 `measure` builds Qwen3-0.6B and Qwen3-4B architectures with random weights (no hub; memory does not depend
@@ -13,8 +14,11 @@ liger kernel patches transformers' classes globally. Each configuration trains 3
 LLaMA-Factory 0.9.5 (bf16 autocast, trainable parameters cast to fp32, fused AdamW, gradient clipping,
 re-entrant gradient checkpointing, outputs dropped before backward as the HF Trainer does) and records
 torch.cuda.max_memory_allocated / max_memory_reserved. The `verify` grid runs the micro batch the planner
-picks for the whole card, to check that it does not run out of memory. `report` recomputes the predictions
-with the current planner (so a calibration needs no new GPU time) and writes the markdown table.
+picks for the whole card, to check that it does not run out of memory. The `independent` grid checks the
+calibrated planner on data it was not fitted on: the planner's pick at cutoff 1024 and 2048 for every
+(model, method, liger) group, plus held-out shapes (cutoff 768/1536, micro 2/6, the unmeasured 4B QLoRA+liger
+and full rows). `report` recomputes the predictions with the current planner (so a calibration needs no new
+GPU time) and writes the markdown table, or appends it as a dated section with `--append`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,25 @@ from lfw.model_arch import PRESETS  # noqa: E402  (pure: no torch)
 from lfw.plan import GIB, PlanInput, choose_micro_batch, estimate  # noqa: E402
 
 MODELS = {"0.6B": "qwen3-0.6b", "4B": "qwen3-4b"}
+METHODS = ("lora", "qlora", "full")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+GLOBAL_BATCH = 256
+# Held-out shapes (micro, cutoff, gradient checkpointing) of the `independent` grid: none was used for the
+# calibration (which saw cutoff 512/1024, micro 1/4 and no 4B QLoRA+liger or 4B full rows).
+HELD_OUT = {
+    ("0.6B", "lora", False): [(2, 1536, True), (6, 768, False)],
+    ("0.6B", "lora", True): [(6, 1536, True), (2, 768, False)],
+    ("0.6B", "qlora", False): [(6, 768, True), (2, 1536, False)],
+    ("0.6B", "qlora", True): [(2, 1536, True), (6, 768, False)],
+    ("0.6B", "full", False): [(2, 1536, True), (6, 768, True)],
+    ("0.6B", "full", True): [(6, 1536, True), (2, 768, False)],
+    ("4B", "lora", False): [(2, 1536, True), (6, 768, True)],
+    ("4B", "lora", True): [(6, 1536, True), (2, 768, False)],
+    ("4B", "qlora", False): [(6, 768, True), (2, 1536, True)],
+    ("4B", "qlora", True): [(1, 1024, True), (6, 1536, True), (4, 1024, False)],
+    ("4B", "full", False): [(1, 1024, True), (2, 1536, True)],
+    ("4B", "full", True): [(6, 768, True), (2, 1536, True)],
+}
 
 
 def plan_for(cfg: dict) -> PlanInput:
@@ -56,15 +78,23 @@ def grid(kind: str, gpu_bytes: float) -> list[dict]:
     groups = []
     shapes = [(1, 512, True), (1, 1024, True), (4, 512, True), (4, 1024, True), (4, 1024, False)]
     for model in ("0.6B", "4B"):
-        for method in ("lora", "qlora", "full"):
+        for method in METHODS:
             for liger in (False, True):
                 if kind == "verify":
                     # The planner's own pick for the whole card (global batch 256) at cutoff 1024.
-                    base = {"model": model, "method": method, "liger": liger, "cutoff": 1024, "gc": True}
-                    choice = choose_micro_batch(plan_for({**base, "micro": 1}), 256, gpu_bytes)
-                    if choice.micro_batch is None:
+                    configs = planner_picks(model, method, liger, (1024,), gpu_bytes)
+                    if not configs:
                         continue
-                    configs = [{**base, "micro": choice.micro_batch, "chosen": True}]
+                elif kind == "independent":
+                    held = [
+                        {"model": model, "method": method, "liger": liger, "micro": m, "cutoff": c, "gc": g}
+                        for m, c, g in HELD_OUT[(model, method, liger)]
+                    ]
+                    # Smallest first, so that the large picks cannot fragment the small rows' reserve.
+                    configs = sorted(
+                        held + planner_picks(model, method, liger, (1024, 2048), gpu_bytes),
+                        key=lambda cfg: estimate(plan_for(cfg)).reserved,
+                    )
                 elif model == "4B" and method == "full":
                     configs = [
                         {
@@ -86,12 +116,24 @@ def grid(kind: str, gpu_bytes: float) -> list[dict]:
     return groups
 
 
-def build_models(root: Path) -> None:
+def planner_picks(model: str, method: str, liger: bool, cutoffs: tuple[int, ...], gpu_bytes: float) -> list[dict]:
+    """The micro batch `lfw plan` picks for the whole card (global batch 256, gradient checkpointing)."""
+    picks = []
+    for cutoff in cutoffs:
+        base = {"model": model, "method": method, "liger": liger, "cutoff": cutoff, "gc": True}
+        choice = choose_micro_batch(plan_for({**base, "micro": 1}), GLOBAL_BATCH, gpu_bytes)
+        if choice.micro_batch is not None:
+            picks.append({**base, "micro": choice.micro_batch, "chosen": True, "plan_gib": gpu_bytes / GIB})
+    return picks
+
+
+def build_models(root: Path, names: tuple[str, ...] = tuple(MODELS)) -> None:
     """Random-weight Qwen3 checkpoints with the public architectures (saved so QLoRA can quantize on load)."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    for name, key in MODELS.items():
+    for name in names:
+        key = MODELS[name]
         path = root / name
         if (path / "config.json").is_file():
             continue
@@ -152,9 +194,7 @@ def worker(spec: dict) -> None:
 
         model = get_peft_model(
             model,
-            LoraConfig(
-                r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
-            ),
+            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
         )
     for param in model.parameters():
         if param.requires_grad:
@@ -204,16 +244,23 @@ def worker(spec: dict) -> None:
             param.grad = None
 
 
-def measure(out: Path, budget: float, kind: str) -> None:
+def measure(
+    out: Path,
+    budget: float,
+    kind: str,
+    gpu_gib: float | None = None,
+    models: tuple[str, ...] = tuple(MODELS),
+    methods: tuple[str, ...] = METHODS,
+) -> None:
     import torch
 
     started = time.time()
     root = Path(os.environ.get("BENCH_MODELS", "/tmp/bench_models"))
-    build_models(root)
-    gpu_bytes = torch.cuda.get_device_properties(0).total_memory
+    build_models(root, models)
+    gpu_bytes = gpu_gib * GIB if gpu_gib else torch.cuda.get_device_properties(0).total_memory
     print(f"models ready after {time.time() - started:.0f}s", flush=True)
     with out.open("a") as sink:
-        for group in grid(kind, gpu_bytes):
+        for group in (g for g in grid(kind, gpu_bytes) if g["model"] in models and g["method"] in methods):
             left = budget - (time.time() - started)
             if left < 30:
                 print(f"budget spent; skipping {group['model']} {group['method']} liger={group['liger']}")
@@ -244,7 +291,7 @@ def measure(out: Path, budget: float, kind: str) -> None:
                 print(text[-3000:], flush=True)
 
 
-def report(results: Path, doc: Path | None) -> str:
+def report(results: Path, doc: Path | None, append: str | None = None) -> str:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     device = rows[0]["device"] if rows else "?"
     lines = [
@@ -252,7 +299,7 @@ def report(results: Path, doc: Path | None) -> str:
         "error % | predicted reserved GiB | measured reserved GiB | error % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    errors = []
+    errors = []  # (|allocated error| %, |reserved error| %, planner's pick) of the rows that ran
     for row in rows:
         est = estimate(plan_for(row))
         if row["oom"]:
@@ -263,7 +310,7 @@ def report(results: Path, doc: Path | None) -> str:
             continue
         err_a = 100 * (est.allocated - row["allocated"]) / row["allocated"]
         err_r = 100 * (est.reserved - row["reserved"]) / row["reserved"]
-        errors.append((abs(err_a), abs(err_r)))
+        errors.append((abs(err_a), abs(err_r), bool(row.get("chosen"))))
         chosen = " (planner's pick)" if row.get("chosen") else ""
         lines.append(
             f"| {row['model']} | {row['method']} | {row['liger']} | {row['micro']}{chosen} | "
@@ -271,18 +318,30 @@ def report(results: Path, doc: Path | None) -> str:
             f"{row['gc']} | {est.allocated / GIB:.2f} | {row['allocated'] / GIB:.2f} | {err_a:+.1f} | "
             f"{est.reserved / GIB:.2f} | {row['reserved'] / GIB:.2f} | {err_r:+.1f} |"
         )
-    within = sum(1 for a, r in errors if r <= 10)
+    within = sum(1 for _, r, _ in errors if r <= 10)
+    ooms = [row for row in rows if row["oom"]]
     summary = (
         f"{len(rows)} configurations on {device}; reserved within 10%: {within}/{len(errors)}; "
-        f"max |error| allocated {max((a for a, _ in errors), default=0):.1f}%, "
-        f"reserved {max((r for _, r in errors), default=0):.1f}%"
+        f"max |error| allocated {max((a for a, _, _ in errors), default=0):.1f}%, "
+        f"reserved {max((r for _, r, _ in errors), default=0):.1f}%; out of memory: {len(ooms)}"
     )
+    n_picks = sum(1 for row in rows if row.get("chosen"))
+    if n_picks and n_picks < len(rows):
+        picks = [r for _, r, chosen in errors if chosen]
+        held = [r for _, r, chosen in errors if not chosen]
+        summary += (
+            f" (planner's picks: {n_picks}, {sum(1 for row in ooms if row.get('chosen'))} out of memory, "
+            f"reserved within 10%: {sum(1 for r in picks if r <= 10)}/{len(picks)}; held-out shapes: "
+            f"reserved within 10%: {sum(1 for r in held if r <= 10)}/{len(held)})"
+        )
     table = "\n".join(lines)
-    if doc is not None:
+    if append is not None and doc is not None:
+        with doc.open("a") as sink:
+            sink.write(f"\n## {append}\n\n{summary}\n\n{table}\n")
+    elif doc is not None:
         doc.parent.mkdir(parents=True, exist_ok=True)
         doc.write_text(
-            f"<!-- generated by scripts/bench_plan_vs_gpu.py report on {_dt.date.today()} -->\n"
-            f"{summary}\n\n{table}\n"
+            f"<!-- generated by scripts/bench_plan_vs_gpu.py report on {_dt.date.today()} -->\n{summary}\n\n{table}\n"
         )
     print(summary)
     print(table)
@@ -295,17 +354,21 @@ def main() -> None:
     m = sub.add_parser("measure")
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--budget", type=float, default=420.0, help="seconds for the whole grid")
-    m.add_argument("--grid", choices=("full", "verify"), default="full")
+    m.add_argument("--grid", choices=("full", "verify", "independent"), default="full")
+    m.add_argument("--gpu-mem", type=float, default=None, help="GiB the picks plan for (default: the card)")
+    m.add_argument("--models", nargs="+", choices=tuple(MODELS), default=tuple(MODELS))
+    m.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     r = sub.add_parser("report")
     r.add_argument("results", type=Path)
     r.add_argument("--doc", type=Path, default=None)
+    r.add_argument("--append", default=None, help="append to --doc as a section with this title")
     w = sub.add_parser("worker")
     w.add_argument("spec")
     args = parser.parse_args()
     if args.cmd == "measure":
-        measure(args.out, args.budget, args.grid)
+        measure(args.out, args.budget, args.grid, args.gpu_mem, tuple(args.models), tuple(args.methods))
     elif args.cmd == "report":
-        report(args.results, args.doc)
+        report(args.results, args.doc, args.append)
     else:
         worker(json.loads(args.spec))
 
