@@ -37,7 +37,7 @@ tiny: setup
 	$(BIN)/python -m lfw.tiny $(TINY)
 
 demo: tiny setup-vllm
-	$(BIN)/lfw run recipes/tiny_cpu_demo.yml
+	bash scripts/demo.sh
 
 test: tiny setup-vllm
 	$(BIN)/python -m pytest -q
