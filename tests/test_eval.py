@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_recipe
 from lfw.benchmarks import read_records, resolve
 from lfw.cli import main
 from lfw.errors import UserError
@@ -225,22 +226,8 @@ def bench_args(benches: dict[str, Path]) -> list[str]:
 def build_pipeline(tiny: dict[str, Path], root: Path) -> dict[str, str]:
     model = tiny["model"]
     benches = synthetic_benchmarks(root)
-    recipe = {
-        "name": "syn",
-        "model": {"path": str(model), "template": "qwen3_nothink"},
-        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
-        "training": {
-            "global_batch_size": 8,
-            "micro_batch_size": 8,
-            "cutoff_len": 128,
-            "max_steps": 30,
-            "learning_rate": 5e-3,
-            "logging_steps": 5,
-            "save_steps": 1000,
-        },
-        "stages": [{"stage": "sft", "datasets": [{"path": str(tiny["sft_alpaca"]), "format": "alpaca"}]}],
-        "hardware": {"device": "cpu"},
-    }
+    recipe = tiny_recipe(tiny, name="syn")
+    recipe["training"].update(micro_batch_size=8, max_steps=30, logging_steps=5, save_steps=1000)
     (root / "recipe.yml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     assert main(["run", str(root / "recipe.yml"), "--output-dir", str(root / "runs")]) == 0
     run_dir = next((root / "runs" / "syn").iterdir())
