@@ -179,8 +179,10 @@ def alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-def test_ctrl_c_stops_the_whole_process_tree(tmp_path, tiny):
-    """SIGINT to lfw stops llamafactory-cli and its workers (a stand-in tree; real runs are above)."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_whole_process_tree(tmp_path, tiny, sig):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler's cancel) to lfw stops llamafactory-cli and its workers
+    (a stand-in tree here; the real runs are above)."""
     pids_file = tmp_path / "pids"
     exe = tmp_path / "llamafactory-cli"
     exe.write_text(FAKE_TRAINER.format(python=sys.executable, pids=str(pids_file)))
@@ -198,7 +200,7 @@ def test_ctrl_c_stops_the_whole_process_tree(tmp_path, tiny):
     while not pids_file.exists() or len(pids_file.read_text().split()) < 2:
         assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     assert proc.wait(timeout=60) == 130
     time.sleep(0.5)
     for pid in map(int, pids_file.read_text().split()):

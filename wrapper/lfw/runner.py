@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -158,6 +159,10 @@ def _stop_group(proc: subprocess.Popen, console: Console) -> None:
             console.print(f"[yellow]still running, sending {sig.name}[/]")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_stage(
     cmd: list[str],
     env: dict[str, str],
@@ -184,6 +189,10 @@ def run_stage(
             text=True,
             errors="replace",
         )
+        # The stage runs in its own session (so Ctrl-C reaches lfw first): a SIGTERM to lfw (kill, a
+        # scheduler's cancel) must stop that session too, not orphan it.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -196,6 +205,9 @@ def run_stage(
             console.print(f"[yellow]interrupted: stopping {label} and all its processes[/]")
             _stop_group(proc, console)
             returncode = 130
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
     return StageResult(label, returncode, time.monotonic() - started, progress.last)
 
 
