@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from lfw.commands.data import data as data_cli
 from lfw.datacheck import (
     FORMATS,
@@ -66,9 +67,7 @@ def test_every_lf_demo_file_passes_with_its_registered_entry() -> None:
     report = check_dataset(LF_DATA)
     assert report.container == "dataset_dir"
     assert report.ok, [str(p) for p in report.errors]
-    present = sorted(
-        p.name for p in LF_DATA.iterdir() if p.suffix == ".json" and p.name != "dataset_info.json"
-    )
+    present = sorted(p.name for p in LF_DATA.iterdir() if p.suffix == ".json" and p.name != "dataset_info.json")
     assert sorted(part.path.name for part in report.parts) == present
     assert any("hub dataset" in s for s in report.skipped)
     # pointing at the registry file itself checks the folder
@@ -328,12 +327,8 @@ def test_tag_style_enforced() -> None:
 
 def test_stage_fit() -> None:
     assert [p.code for p in check_dataset(FIX / "alpaca_ok.jsonl", stage="dpo").errors] == ["stage-mismatch"]
-    assert [p.code for p in check_dataset(FIX / "preference_ok.json", stage="sft").errors] == [
-        "stage-mismatch"
-    ]
-    assert [p.code for p in check_dataset(FIX / "sharegpt_ok.jsonl", stage="kto").errors] == [
-        "stage-mismatch"
-    ]
+    assert [p.code for p in check_dataset(FIX / "preference_ok.json", stage="sft").errors] == ["stage-mismatch"]
+    assert [p.code for p in check_dataset(FIX / "sharegpt_ok.jsonl", stage="kto").errors] == ["stage-mismatch"]
     assert check_dataset(FIX / "kto_ok.jsonl", stage="kto").ok
 
 
@@ -369,9 +364,7 @@ def test_raise_for_errors_lists_rows() -> None:
 # ------------------------------------------------------------------ media paths
 
 
-def test_media_resolved_against_data_folder_and_media_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_media_resolved_against_data_folder_and_media_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [
         {
             "messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant", "content": "y"}],
@@ -470,9 +463,7 @@ def _write_saved_split(folder: Path, rows: list[dict]) -> None:
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
-    (folder / "state.json").write_text(
-        json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]})
-    )
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
     (folder / "dataset_info.json").write_text(json.dumps({"features": {}}))
 
 
@@ -595,9 +586,7 @@ def test_lengths_merge_over_folder_parts(tmp_path: Path) -> None:
     d = tmp_path / "d"
     d.mkdir()
     for i in range(2):
-        (d / f"{i}.jsonl").write_text(
-            json.dumps({"instruction": "q", "output": "w " * (10 * (i + 1))}) + "\n"
-        )
+        (d / f"{i}.jsonl").write_text(json.dumps({"instruction": "q", "output": "w " * (10 * (i + 1))}) + "\n")
     report = check_dataset(d, tokenizer_dir=model)
     assert report.lengths.count == 2 and report.lengths.max - report.lengths.p50 == 10
 
@@ -638,9 +627,7 @@ def test_cli_json_and_lengths(tmp_path: Path) -> None:
     res = runner.invoke(data_cli, ["check", str(FIX / "alpaca_ok.jsonl"), "--json"])
     payload = json.loads(res.output)
     assert payload["format"] == "alpaca" and payload["rows"] == 3 and payload["error_count"] == 0
-    res = runner.invoke(
-        data_cli, ["check", str(FIX / "alpaca_ok.jsonl"), "--model", str(model), "--cutoff-len", "8"]
-    )
+    res = runner.invoke(data_cli, ["check", str(FIX / "alpaca_ok.jsonl"), "--model", str(model), "--cutoff-len", "8"])
     assert res.exit_code == 0, res.output
     assert "Token lengths (approximate: ChatML wrapping" in res.output and "> 8" in res.output
 

@@ -85,9 +85,7 @@ def test_ddp_lora_gradient_checkpointing(write_recipe, tmp_path) -> None:
         "ddp_find_unused_parameters: false"
         in by_name(check_recipe(loaded, versions()), "DDP + LoRA + gradient checkpointing").detail
     )
-    loaded = load(
-        write_recipe, tmp_path, hardware={"gpus": 4}, llamafactory={"ddp_find_unused_parameters": True}
-    )
+    loaded = load(write_recipe, tmp_path, hardware={"gpus": 4}, llamafactory={"ddp_find_unused_parameters": True})
     assert by_name(check_recipe(loaded, versions()), "DDP + LoRA + gradient checkpointing").status == FAIL
 
 
@@ -154,9 +152,7 @@ def test_flash_attn_missing(write_recipe, tmp_path) -> None:
 
 
 def test_bf16_on_a_gpu_without_it(write_recipe, tmp_path) -> None:
-    loaded = load(
-        write_recipe, tmp_path, training={"global_batch_size": 8, "max_steps": 5, "precision": "bf16"}
-    )
+    loaded = load(write_recipe, tmp_path, training={"global_batch_size": 8, "max_steps": 5, "precision": "bf16"})
     check = by_name(check_recipe(loaded, versions(), gpus=[("Tesla V100", 7.0, 16384)]), "bf16 on this GPU")
     assert check.status == FAIL and "fp16" in check.fix
 

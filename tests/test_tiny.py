@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from lfw import tiny
 
 pytest.importorskip("transformers")
@@ -128,9 +129,7 @@ def test_generate_runs(model, tokenizer):
     )
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert (
-        out.shape[0] == 1 and inputs["input_ids"].shape[1] < out.shape[1] <= inputs["input_ids"].shape[1] + 4
-    )
+    assert out.shape[0] == 1 and inputs["input_ids"].shape[1] < out.shape[1] <= inputs["input_ids"].shape[1] + 4
 
 
 def test_demo_data_formats(built):

@@ -152,9 +152,7 @@ class DataFormat:
             ]
         else:
             bits = [
-                str(self.columns.get(k))
-                for k in ("prompt", "response", "chosen", "rejected")
-                if self.columns.get(k)
+                str(self.columns.get(k)) for k in ("prompt", "response", "chosen", "rejected") if self.columns.get(k)
             ]
         bits += [str(self.columns[k]) for k in ("kto_tag", *self.media) if self.columns.get(k)]
         return f"{self.name} ({', '.join(bits)})"
@@ -202,11 +200,7 @@ class DataFormat:
             tag_map = dict(SHAREGPT_TAGS if tags == "from_value" else ROLE_CONTENT_TAGS)
         if name in ("alpaca", "preference"):
             cols |= {"prompt": "instruction", "query": "input"}
-            cols |= (
-                {"chosen": "chosen", "rejected": "rejected"}
-                if name == "preference"
-                else {"response": "output"}
-            )
+            cols |= {"chosen": "chosen", "rejected": "rejected"} if name == "preference" else {"response": "output"}
             return cls("alpaca", name == "preference", cols, tag_map, "alpaca")
         if name == "text":
             return cls("alpaca", False, cols | {"prompt": "text"}, tag_map, "text")
@@ -262,9 +256,7 @@ class DataReport:
         shown: list[Problem] = list(self.errors[:limit])
         if self.error_count > len(shown):
             more = self.error_count - len(shown)
-            shown.append(
-                Problem(str(self.path), f"... and {more} more errors", f"lfw data check {self.path}")
-            )
+            shown.append(Problem(str(self.path), f"... and {more} more errors", f"lfw data check {self.path}"))
         raise UserError(shown, title=f"{self.path}: {self.error_count} data error(s) in {self.rows} rows")
 
 
@@ -373,9 +365,7 @@ def detect_format(rows: list[Any]) -> DataFormat | None:
     return None
 
 
-def convert_to_jsonl(
-    path: str | os.PathLike[str], out: str | os.PathLike[str], split: str | None = None
-) -> Path:
+def convert_to_jsonl(path: str | os.PathLike[str], out: str | os.PathLike[str], split: str | None = None) -> Path:
     """Write any supported container (above all `save_to_disk` folders) as JSONL that LLaMA-Factory loads.
 
     Embedded media (Parquet/Arrow image structs with bytes) are written next to `out` in `<stem>_media/` and
@@ -419,9 +409,7 @@ def normalize_format_name(fmt: str | None) -> str | None:
     if name not in FORMATS:
         close = _closest(name, FORMATS + tuple(FORMAT_ALIASES))
         hint = f"did you mean {close!r}? " if close else ""
-        raise UserError(
-            [Problem("--format", f"unknown format {fmt!r}", f"{hint}use one of {', '.join(FORMATS)}")]
-        )
+        raise UserError([Problem("--format", f"unknown format {fmt!r}", f"{hint}use one of {', '.join(FORMATS)}")])
     return name
 
 
@@ -466,9 +454,7 @@ class _Options:
         for key in columns or {}:
             if key not in COLUMN_NAMES:
                 close = _closest(key, COLUMN_NAMES)
-                bad.append(
-                    Problem(f"columns.{key}", "not a LLaMA-Factory column", f"did you mean {close!r}?")
-                )
+                bad.append(Problem(f"columns.{key}", "not a LLaMA-Factory column", f"did you mean {close!r}?"))
         if cutoff_len is not None and tokenizer_dir is None:
             bad.append(Problem("--cutoff-len", "needs a tokenizer to count tokens", "add --model MODEL_DIR"))
         if cutoff_len is not None and cutoff_len <= 0:
@@ -531,9 +517,7 @@ def _closest(word: str, options: Iterable[str]) -> str | None:
 
 
 def _alpaca_style(columns: dict[str, str | None]) -> str:
-    only_prompt = columns.get("prompt") and not any(
-        columns.get(k) for k in ("response", "chosen", "rejected")
-    )
+    only_prompt = columns.get("prompt") and not any(columns.get(k) for k in ("response", "chosen", "rejected"))
     return "text" if only_prompt and not columns.get("kto_tag") else "alpaca"
 
 
@@ -590,9 +574,7 @@ def _compatible(declared: str, fmt: DataFormat) -> bool:
     return fmt.style == "text"
 
 
-def _resolve_format(
-    sample: list[Any], opts: _Options, fixed: DataFormat | None, sink: _Sink
-) -> DataFormat | None:
+def _resolve_format(sample: list[Any], opts: _Options, fixed: DataFormat | None, sink: _Sink) -> DataFormat | None:
     """The layout to check rows against: dataset_info entry, else detection, else the declared default."""
     fmt: DataFormat | None
     if fixed is not None:
@@ -809,9 +791,7 @@ def _read_json(path: Path, sink: _Sink, meta: dict[str, str]) -> Iterator[_Rec]:
         return
 
 
-def _read_json_objects(
-    text: str, pos: int, dec: json.JSONDecoder, sink: _Sink, meta: dict[str, str]
-) -> Iterator[_Rec]:
+def _read_json_objects(text: str, pos: int, dec: json.JSONDecoder, sink: _Sink, meta: dict[str, str]) -> Iterator[_Rec]:
     """A .json file starting with '{': one object (not a dataset) or JSON lines (datasets reads those too)."""
     try:
         _, end = dec.raw_decode(text, pos)
@@ -999,9 +979,7 @@ def _is_lf_dataset_dir(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if isinstance(info, dict) and info and all(isinstance(v, dict) for v in info.values()):
-        if any(
-            k in v for v in info.values() for k in ("file_name", "hf_hub_url", "ms_hub_url", "script_url")
-        ):
+        if any(k in v for v in info.values() for k in ("file_name", "hf_hub_url", "ms_hub_url", "script_url")):
             return info
     return None
 
@@ -1069,9 +1047,7 @@ def _check_lf_dataset_dir(path: Path, info: dict[str, Any], opts: _Options) -> D
         try:
             fmt = DataFormat.from_dataset_info(entry)
         except (AttributeError, TypeError):
-            sink.add(
-                "error", "dataset-info", f"entry {name!r} is malformed", "columns and tags must be objects"
-            )
+            sink.add("error", "dataset-info", f"entry {name!r} is malformed", "columns and tags must be objects")
             continue
         media = opts.media_dir or path
         if target.is_dir():
@@ -1089,18 +1065,14 @@ def _check_lf_dataset_dir(path: Path, info: dict[str, Any], opts: _Options) -> D
     return report
 
 
-def _check_folder(
-    path: Path, opts: _Options, fixed: DataFormat | None = None, media: Path | None = None
-) -> DataReport:
+def _check_folder(path: Path, opts: _Options, fixed: DataFormat | None = None, media: Path | None = None) -> DataReport:
     """A plain folder: LLaMA-Factory loads every entry in it, and all must share one file type."""
     sink = _Sink(str(path))
     entries = sorted(path.iterdir())
     types = {p.suffix.lower() for p in entries if p.is_file()}
     subdirs = [p.name for p in entries if p.is_dir()]
     if not entries:
-        sink.add(
-            "error", "empty-dataset", "the folder is empty", "point to a data file or a folder of data files"
-        )
+        sink.add("error", "empty-dataset", "the folder is empty", "point to a data file or a folder of data files")
         return _report(path, "folder", None, 0, sink)
     if subdirs or len(types) > 1 or not types <= set(FILE_TYPES):
         found = ", ".join(sorted(types | {f"{d}/" for d in subdirs}))
@@ -1110,9 +1082,7 @@ def _check_folder(
             f"LLaMA-Factory loads every file in a data folder and needs one supported type; found: {found}",
             "keep data files of one type only (.json/.jsonl/.csv/.parquet/.arrow); hidden files count too",
         )
-    parts = [
-        _check_file(p, opts, fixed, media) for p in entries if p.is_file() and p.suffix.lower() in FILE_TYPES
-    ]
+    parts = [_check_file(p, opts, fixed, media) for p in entries if p.is_file() and p.suffix.lower() in FILE_TYPES]
     return _combine(path, "folder", parts, sink)
 
 
@@ -1163,9 +1133,7 @@ def _records_for_convert(src: Path, split: str | None, sink: _Sink) -> Iterator[
         else:
             name = split or ("train" if "train" in splits else next(iter(splits)))
             if name not in splits:
-                raise UserError(
-                    [Problem(str(src), f"no split {name!r}; splits: {names}", "pass --split NAME")]
-                )
+                raise UserError([Problem(str(src), f"no split {name!r}; splits: {names}", "pass --split NAME")])
             folder = splits[name]
         return _chain_arrow(_saved_split_files(folder), sink)
     container = FILE_TYPES.get(src.suffix.lower())
@@ -1203,9 +1171,7 @@ def _externalize_bytes(value: Any, media_dir: Path, base: Path) -> Any:
     if isinstance(value, list):
         return [_externalize_bytes(v, media_dir, base) for v in value]
     if isinstance(value, bytes | bytearray):
-        raise UserError(
-            [Problem("convert", "a column holds raw bytes that are not media", "drop or decode it first")]
-        )
+        raise UserError([Problem("convert", "a column holds raw bytes that are not media", "drop or decode it first")])
     return value
 
 
@@ -1363,9 +1329,7 @@ def load_tokenizer(model: str | os.PathLike[str]) -> Any:
     p = Path(model).expanduser()
     candidates = [p] if p.is_file() else [p / "tokenizer.json"]
     if not p.exists() and "/" in str(model):
-        hub = Path(
-            os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub"
-        )
+        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
         snaps = hub.expanduser() / f"models--{str(model).replace('/', '--')}" / "snapshots"
         candidates += sorted(snaps.glob("*/tokenizer.json"))
     found = next((c for c in candidates if c.is_file()), None)
@@ -1497,9 +1461,7 @@ class _RowChecker:
         key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         first = self.seen.setdefault(key, self.rec.index)
         if first != self.rec.index:
-            self.warn(
-                "duplicate", f"exact duplicate of row {first}", "drop duplicates: they overweight one example"
-            )
+            self.warn("duplicate", f"exact duplicate of row {first}", "drop duplicates: they overweight one example")
 
     def _alpaca(self, row: dict) -> _Sample | None:
         """As in AlpacaDatasetConverter: history, instruction + input, then output or chosen/rejected."""
@@ -1560,9 +1522,7 @@ class _RowChecker:
             rejected = self._pair_str(row, c.get("rejected"), "rejected")
             if chosen is not None and rejected is not None:
                 self._same_pair(chosen, rejected)
-            return _Sample(
-                system, "", prompt, [[("assistant", chosen or "")], [("assistant", rejected or "")]]
-            )
+            return _Sample(system, "", prompt, [[("assistant", chosen or "")], [("assistant", rejected or "")]])
         answer = self.req_str(row, c.get("response"), "the answer")
         if answer is None and isinstance(row.get(c.get("response") or ""), list):
             self.err(
@@ -1619,9 +1579,7 @@ class _RowChecker:
         try:
             json.loads(value)
         except ValueError:
-            self.err(
-                "tools-json", f"{key!r} is not valid JSON", "LLaMA-Factory parses it with json.loads; fix it"
-            )
+            self.err("tools-json", f"{key!r} is not valid JSON", "LLaMA-Factory parses it with json.loads; fix it")
         return value
 
     def _messages(self, row: dict) -> _Sample | None:
@@ -1632,13 +1590,9 @@ class _RowChecker:
         key = c.get("messages") or "conversations"
         msgs = row.get(key)
         if key not in row:
-            other = next(
-                (k for k in ("conversations", "messages", "instruction") if k in row and k != key), None
-            )
+            other = next((k for k in ("conversations", "messages", "instruction") if k in row and k != key), None)
             hint = f" (the row has {other!r}: mixed formats in one file?)" if other else ""
-            self.err(
-                "missing-field", f"missing field {key!r}{hint}", f"every row needs a {key!r} list of messages"
-            )
+            self.err("missing-field", f"missing field {key!r}{hint}", f"every row needs a {key!r} list of messages")
             return None
         if not isinstance(msgs, list):
             code = "null-field" if msgs is None else "wrong-type"
@@ -1710,8 +1664,7 @@ class _RowChecker:
                 self.err(
                     "message-count",
                     f"for preference data {key!r} must end with a {user!r} turn (it has {len(turns)} turns)",
-                    "keep the shared prompt in the conversation and put only "
-                    "the final answers in chosen/rejected",
+                    "keep the shared prompt in the conversation and put only the final answers in chosen/rejected",
                 )
                 return None
             chosen = self._pair_message(row, c.get("chosen"), "chosen")
@@ -1773,16 +1726,12 @@ class _RowChecker:
                     isinstance(calls, list)
                     and all(isinstance(x, dict) and isinstance(x.get("function"), dict) for x in calls)
                 ):
-                    self.err(
-                        "wrong-type", f'{where}.tool_calls must be a list of {{"function": {{...}}}}', ""
-                    )
+                    self.err("wrong-type", f'{where}.tool_calls must be a list of {{"function": {{...}}}}', "")
                     return None
                 role = fmt.tags.get("function_tag") or "function_call"
                 content = json.dumps([x["function"] for x in calls], ensure_ascii=False)
             elif content_tag not in m:
-                self.err(
-                    "missing-field", f"{where} has no {content_tag!r}", f"every message needs {content_tag!r}"
-                )
+                self.err("missing-field", f"{where} has no {content_tag!r}", f"every message needs {content_tag!r}")
                 return None
             elif content is None:
                 self.err("null-field", f"{where}.{content_tag} is null", "fill the message or drop it")

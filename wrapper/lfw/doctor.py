@@ -82,9 +82,7 @@ def check_versions(version_of: VersionOf = installed_version) -> list[Check]:
         if version:
             checks.append(Check(shown, OK, version))
         elif dist in REQUIRED:
-            checks.append(
-                Check(shown, FAIL, "not installed", f"pip install {dist} (lfw targets llamafactory==0.9.5)")
-            )
+            checks.append(Check(shown, FAIL, "not installed", f"pip install {dist} (lfw targets llamafactory==0.9.5)"))
         else:
             use = {
                 "deepspeed": "needed for hardware.deepspeed",
@@ -130,9 +128,7 @@ def check_vllm(env: Mapping[str, str]) -> Check:
     except (OSError, subprocess.TimeoutExpired) as err:
         return Check("vLLM environment", FAIL, f"{python}: {err}", "recreate it with make setup-vllm")
     if done.returncode != 0:
-        return Check(
-            "vLLM environment", FAIL, f"{python} has no vllm", "pip install vllm in that environment"
-        )
+        return Check("vLLM environment", FAIL, f"{python} has no vllm", "pip install vllm in that environment")
     return Check("vLLM environment", OK, f"{done.stdout.strip()} ({python})")
 
 
@@ -212,9 +208,7 @@ def _writable(directory: Path) -> str | None:
 
 def check_caches(env: Mapping[str, str]) -> list[Check]:
     """HF_HOME (and its hub/ and datasets/ folders) must take lock files: seed 000's evals died on that."""
-    home = Path(
-        env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    )
+    home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
     dirs = {
         "HF_HOME": home,
         "hub cache": Path(env.get("HF_HUB_CACHE") or home / "hub"),
@@ -309,9 +303,7 @@ def check_recipe(
                 )
             )
     if ds != "none" and world == 1:
-        checks.append(
-            Check("DeepSpeed on one GPU", OK, "handled: lfw launches with FORCE_TORCHRUN=1 (torchrun)")
-        )
+        checks.append(Check("DeepSpeed on one GPU", OK, "handled: lfw launches with FORCE_TORCHRUN=1 (torchrun)"))
     if ds != "none" and not version_of("deepspeed"):
         checks.append(
             Check(

@@ -74,11 +74,7 @@ class ModelArch:
 
     @property
     def params(self) -> int:
-        return (
-            self.embedding_params
-            + self.layers * (self.layer_linear_params + self.layer_other_params)
-            + self.hidden
-        )
+        return self.embedding_params + self.layers * (self.layer_linear_params + self.layer_other_params) + self.hidden
 
     def describe(self) -> str:
         tied = "tied" if self.tied_embeddings else "untied"
@@ -165,9 +161,7 @@ def read_config(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise UserError(
-            [Problem(str(config_file), f"unreadable: {err}", "fix or replace config.json")]
-        ) from err
+        raise UserError([Problem(str(config_file), f"unreadable: {err}", "fix or replace config.json")]) from err
 
 
 def resolve_arch(model: str, base_dir: Path | None = None, arch: str | None = None) -> ModelArch:
@@ -175,9 +169,7 @@ def resolve_arch(model: str, base_dir: Path | None = None, arch: str | None = No
     if arch:
         preset = PRESETS.get(arch.lower()) or preset_for(arch)
         if preset is None:
-            raise UserError(
-                [Problem("--arch", f"unknown preset {arch!r}", f"use one of {', '.join(PRESETS)}")]
-            )
+            raise UserError([Problem("--arch", f"unknown preset {arch!r}", f"use one of {', '.join(PRESETS)}")])
         return preset
     path = Path(model).expanduser()
     if base_dir is not None and not path.is_absolute():

@@ -234,17 +234,13 @@ def estimate(inp: PlanInput) -> Estimate:
     t = inp.tokens
     fp32_residual = fp32_trainable and not lora and inp.method == "full"
     lora_casts = 1 if (inp.method == "lora" and fp32_trainable) else 0  # peft skips the cast on bnb layers
-    per_layer = layer_activation_bytes(
-        arch, fp32_residual=fp32_residual, liger=inp.liger, lora_casts=lora_casts
-    )
+    per_layer = layer_activation_bytes(arch, fp32_residual=fp32_residual, liger=inp.liger, lora_casts=lora_casts)
     act_layers = arch.layers
     if inp.method == "freeze":  # frozen layers before the trainable ones keep no graph
         act_layers = min(abs(inp.freeze_trainable_layers), arch.layers)
     res_bytes = 4 if fp32_residual else half
     if inp.gradient_checkpointing:
-        acts = t * (
-            act_layers * arch.hidden * res_bytes + GC_LAYER_FACTOR * per_layer
-        )  # inputs + one layer recomputed
+        acts = t * (act_layers * arch.hidden * res_bytes + GC_LAYER_FACTOR * per_layer)  # inputs + one layer recomputed
         act_note = "checkpointed: layer inputs + one layer"
     else:
         acts = t * (act_layers * per_layer + per_layer)  # + backward working set of one layer
@@ -298,11 +294,7 @@ def estimate(inp: PlanInput) -> Estimate:
     phase_bwd = phase_fwd - acts - loss + grads + t * per_layer  # graph freed, gradients complete
     phase_bwd -= next((c.bytes for c in comps if c.name == "autocast bf16 weight copies"), 0.0)
     if phase_bwd > phase_fwd:
-        comps = [
-            c
-            for c in comps
-            if c.name not in ("activations", "logits and loss", "autocast bf16 weight copies")
-        ]
+        comps = [c for c in comps if c.name not in ("activations", "logits and loss", "autocast bf16 weight copies")]
         comps.append(Component("gradients", grads, "all of them, at the end of the backward pass"))
         comps.append(Component("activations", t * per_layer, "the last layer's backward"))
         phase = "end of the backward pass (all gradients, graph freed)"
@@ -337,16 +329,13 @@ def candidate_micro_batches(global_batch: int, world_size: int) -> list[int]:
     return [m for m in range(1, per_gpu + 1) if per_gpu % m == 0]
 
 
-def choose_micro_batch(
-    inp: PlanInput, global_batch: int, gpu_bytes: float, margin: float = SAFETY_MARGIN
-) -> Choice:
+def choose_micro_batch(inp: PlanInput, global_batch: int, gpu_bytes: float, margin: float = SAFETY_MARGIN) -> Choice:
     """The largest micro batch that fits `gpu_bytes` with `margin` and divides the global batch."""
     notes = []
     candidates = candidate_micro_batches(global_batch, inp.world_size)
     if not candidates:
         notes.append(
-            f"global batch {global_batch} is not divisible by {inp.world_size} GPUs: "
-            f"use a multiple of {inp.world_size}"
+            f"global batch {global_batch} is not divisible by {inp.world_size} GPUs: use a multiple of {inp.world_size}"
         )
         candidates = [1]
     best: Estimate | None = None
@@ -395,9 +384,7 @@ def oom_ladder(inp: PlanInput, gpu_bytes: float, margin: float = SAFETY_MARGIN) 
         steps.append(("method.type: qlora (4-bit base)", current))
     if current.cutoff_len > 512:
         current = replace(current, cutoff_len=max(512, current.cutoff_len // 2))
-        steps.append(
-            (f"training.cutoff_len: {current.cutoff_len} (check coverage with lfw data check)", current)
-        )
+        steps.append((f"training.cutoff_len: {current.cutoff_len} (check coverage with lfw data check)", current))
     if current.micro_batch > 1:
         current = replace(current, micro_batch=1)
         steps.append(("training.micro_batch_size: 1 (accumulation keeps the global batch)", current))
@@ -446,9 +433,7 @@ def plan_input(
     )
 
 
-def auto_micro_batch(
-    recipe: object, stage_index: int, arch: ModelArch, world_size: int, gpu_bytes: float
-) -> int:
+def auto_micro_batch(recipe: object, stage_index: int, arch: ModelArch, world_size: int, gpu_bytes: float) -> int:
     """The micro batch `micro_batch_size: auto` resolves to: the planner's pick, or 1 when nothing fits."""
     training = recipe.stage_training(stage_index)  # type: ignore[attr-defined]
     choice = choose_micro_batch(

@@ -231,8 +231,7 @@ def build_tiny_tokenizer(out_dir: Path):
     # Written by hand rather than by save_pretrained, whose output differs between transformers 4 and 5: this
     # is the shape of a real Qwen3 tokenizer_config.json, readable by both (vLLM may run either).
     added = [
-        {"id": tok.token_to_id(t), "content": t, "special": t in SPECIAL_TOKENS}
-        for t in SPECIAL_TOKENS + ADDED_TOKENS
+        {"id": tok.token_to_id(t), "content": t, "special": t in SPECIAL_TOKENS} for t in SPECIAL_TOKENS + ADDED_TOKENS
     ]
     tokenizer_config = {
         "tokenizer_class": "Qwen2Tokenizer",
@@ -260,9 +259,7 @@ def build_tiny_tokenizer(out_dir: Path):
         "padding_side": "right",
         "chat_template": CHAT_TEMPLATE,
     }
-    _write_text(
-        out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, ensure_ascii=False, indent=2) + "\n"
-    )
+    _write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, ensure_ascii=False, indent=2) + "\n")
     _write_text(out_dir / "chat_template.jinja", CHAT_TEMPLATE)
     (out_dir / "special_tokens_map.json").unlink(missing_ok=True)
 

@@ -43,19 +43,11 @@ def data() -> None:
     help=f"Expected format ({', '.join(FORMAT_CHOICES)}); default: detected from the rows.",
 )
 @click.option("--model", metavar="DIR", help="Local model folder with tokenizer.json: report token lengths.")
-@click.option(
-    "--cutoff-len", type=click.IntRange(min=1), help="List the rows this cutoff_len would truncate."
-)
+@click.option("--cutoff-len", type=click.IntRange(min=1), help="List the rows this cutoff_len would truncate.")
 @click.option("--media-dir", type=click.Path(path_type=Path), help="Folder media paths are relative to.")
-@click.option(
-    "--tags", type=click.Choice(["from_value", "role_content"]), help="Enforce one message tag style."
-)
-@click.option(
-    "--stage", type=click.Choice(["sft", "pt", "dpo", "rm", "kto", "ppo"]), help="Check fit for a stage."
-)
-@click.option(
-    "-n", "--max-problems", default=20, show_default=True, help="Errors and warnings listed (each)."
-)
+@click.option("--tags", type=click.Choice(["from_value", "role_content"]), help="Enforce one message tag style.")
+@click.option("--stage", type=click.Choice(["sft", "pt", "dpo", "rm", "kto", "ppo"]), help="Check fit for a stage.")
+@click.option("-n", "--max-problems", default=20, show_default=True, help="Errors and warnings listed (each).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.pass_context
 def check(
@@ -179,9 +171,7 @@ def print_report(report: DataReport, console: Console, max_problems: int = 20) -
     _print_problems(console, "Warnings", report.warnings, report.warning_count, max_problems, "yellow")
     shown = len(report.errors[:max_problems]) + len(report.warnings[:max_problems])
     if report.error_count + report.warning_count > shown:
-        counts = ", ".join(
-            f"{code}: {n}" for code, n in sorted(report.code_counts.items(), key=lambda x: -x[1])
-        )
+        counts = ", ".join(f"{code}: {n}" for code, n in sorted(report.code_counts.items(), key=lambda x: -x[1]))
         console.print(Text(f"by kind: {counts}"))
     for line in report.skipped:
         console.print(Text(f"skipped: {line}", style="dim"))

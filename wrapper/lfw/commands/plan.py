@@ -60,9 +60,7 @@ def plan(
     model_arch = resolve_arch(r.model.path, loaded.base_dir, arch)
     detected = [] if r.hardware.device == "cpu" else visible_gpus()
     world = gpus or (r.hardware.gpus if r.hardware.gpus != "auto" else max(len(detected), 1))
-    gpu_bytes = (
-        gpu_mem * GIB if gpu_mem else (min(g.memory_mib for g in detected) * 2**20 if detected else None)
-    )
+    gpu_bytes = gpu_mem * GIB if gpu_mem else (min(g.memory_mib for g in detected) * 2**20 if detected else None)
     where = f"{world} GPU(s)" + (f" x {gpu_bytes / GIB:.0f} GiB" if gpu_bytes else ", memory unknown")
     console.print(f"[bold]{model_arch.describe()}[/bold]")
     console.print(f"method {r.method.type}, deepspeed {r.hardware.deepspeed}, {where}")
@@ -85,17 +83,13 @@ def plan(
         table.add_column("note")
         for part in est.components:
             table.add_row(part.name, gib(part.bytes), part.note)
-        table.add_row(
-            "allocator slack", gib(est.reserved - est.allocated), "caching allocator (reserved - allocated)"
-        )
+        table.add_row("allocator slack", gib(est.reserved - est.allocated), "caching allocator (reserved - allocated)")
         table.add_row(
             "[bold]peak per GPU[/bold]", f"[bold]{gib(est.total)}[/bold]", f"+ CUDA context; {est.peak_phase}"
         )
         console.print(table)
         if est.cpu_bytes:
-            console.print(
-                f"CPU memory for offloaded state: {gib(est.cpu_bytes)} GiB (all GPUs of a node together)"
-            )
+            console.print(f"CPU memory for offloaded state: {gib(est.cpu_bytes)} GiB (all GPUs of a node together)")
         if not gpu_bytes:
             rows = ", ".join(
                 f"{m}: {gib(estimate(inp.__class__(**{**inp.__dict__, 'micro_batch': m})).total)}"

@@ -12,24 +12,55 @@ from lfw.commands.options import gpus_option, recipe_argument, set_option
 @click.command()
 @recipe_argument
 @click.option("--dry-run", is_flag=True, help="Check and show what would run; create and launch nothing.")
-@click.option("--resume", is_flag=True,
-              help="Continue the newest unfinished run of this recipe from its last checkpoint.")
+@click.option(
+    "--resume", is_flag=True, help="Continue the newest unfinished run of this recipe from its last checkpoint."
+)
 @click.option("--stream", is_flag=True, help="Echo LLaMA-Factory's output live (it is always in logs/).")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where run directories go (default: the recipe's output_dir).")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where run directories go (default: the recipe's output_dir).",
+)
 @gpus_option
-@click.option("--nnodes", type=click.IntRange(min=1), default=None,
-              help="Nodes in the job (default: $NNODES, else 1). Start `lfw run` once on every node.")
-@click.option("--node-rank", type=click.IntRange(min=0), default=None,
-              help="This node's rank, 0..nnodes-1 (default: $NODE_RANK, else 0).")
-@click.option("--master-addr", default=None, metavar="HOST",
-              help="Address of the rank-0 node, the same on every node (default: $MASTER_ADDR).")
-@click.option("--master-port", type=click.IntRange(1, 65535), default=None,
-              help="Free TCP port on the rank-0 node, the same on every node (default: $MASTER_PORT).")
+@click.option(
+    "--nnodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Nodes in the job (default: $NNODES, else 1). Start `lfw run` once on every node.",
+)
+@click.option(
+    "--node-rank",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This node's rank, 0..nnodes-1 (default: $NODE_RANK, else 0).",
+)
+@click.option(
+    "--master-addr",
+    default=None,
+    metavar="HOST",
+    help="Address of the rank-0 node, the same on every node (default: $MASTER_ADDR).",
+)
+@click.option(
+    "--master-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Free TCP port on the rank-0 node, the same on every node (default: $MASTER_PORT).",
+)
 @set_option
-def run(recipe: str, dry_run: bool, resume: bool, stream: bool, output_dir: Path | None, gpus: int | None,
-        nnodes: int | None, node_rank: int | None, master_addr: str | None, master_port: int | None,
-        overrides: tuple[str, ...]) -> None:
+def run(
+    recipe: str,
+    dry_run: bool,
+    resume: bool,
+    stream: bool,
+    output_dir: Path | None,
+    gpus: int | None,
+    nnodes: int | None,
+    node_rank: int | None,
+    master_addr: str | None,
+    master_port: int | None,
+    overrides: tuple[str, ...],
+) -> None:
     """Check the recipe and data, render into a new run directory, launch every stage.
 
     Several nodes: run the same command on every node with the same --nnodes, --master-addr and
@@ -46,8 +77,14 @@ def run(recipe: str, dry_run: bool, resume: bool, stream: bool, output_dir: Path
     from lfw.runner import execute, resume_run
 
     loaded = load_recipe(recipe, overrides)
-    target = resolve_target(loaded.recipe.hardware, gpus, nnodes=nnodes, node_rank=node_rank,
-                            master_addr=master_addr, master_port=master_port)
+    target = resolve_target(
+        loaded.recipe.hardware,
+        gpus,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+    )
     require_rendezvous(target)
     if resume:
         code = resume_run(loaded, target, stream=stream, output_root=output_dir)
