@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from lfw.commands.options import vllm_python_option
 from lfw.errors import UserError
 
 
@@ -45,12 +46,7 @@ from lfw.errors import UserError
     show_default=True,
     help="Results go to OUT/<model label>/.",
 )
-@click.option(
-    "--vllm-python",
-    default=None,
-    metavar="PATH",
-    help="Interpreter of the vLLM environment (default: $LFW_VLLM_PYTHON, then .venv-vllm, then PATH).",
-)
+@vllm_python_option
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),

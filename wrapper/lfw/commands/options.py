@@ -15,3 +15,9 @@ set_option = click.option(
 gpus_option = click.option(
     "--gpus", type=click.IntRange(min=1), default=None, help="GPUs per node (overrides hardware.gpus)."
 )
+vllm_python_option = click.option(
+    "--vllm-python",
+    default=None,
+    metavar="PATH",
+    help="Interpreter of the vLLM environment (default: $LFW_VLLM_PYTHON, then .venv-vllm, then PATH).",
+)

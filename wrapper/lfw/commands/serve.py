@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from lfw.commands.options import vllm_python_option
+
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("model")
@@ -29,12 +31,7 @@ import click
     help="Require the API key held in environment variable NAME (the key never goes on a command line).",
 )
 @click.option("--served-model-name", default=None, help="Model name clients use (default: the model path).")
-@click.option(
-    "--vllm-python",
-    default=None,
-    metavar="PATH",
-    help="Python of the vLLM environment (default: $LFW_VLLM_PYTHON, .venv-vllm, python on PATH).",
-)
+@vllm_python_option
 @click.option(
     "--log",
     "log_path",
