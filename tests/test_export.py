@@ -164,7 +164,7 @@ def test_qlora_exports_into_the_unquantized_base(tmp_path):
     assert config["adapter_name_or_path"] == str(run_dir / "2-dpo")
     assert config["finetuning_type"] == "lora" and config["template"] == "qwen3_nothink"
     assert "trust_remote_code" not in config
-    assert plan.trained_quantization == {"bits": 4, "method": "bitsandbytes"}
+    assert plan.trained_quantization == {"bits": 4, "method": "bnb"}
 
 
 def test_lora_stacks_adapters_in_training_order(tmp_path):

@@ -53,9 +53,24 @@ class LoraSpec(Strict):
     target: str = Field("all", description="Modules to adapt: all, or a comma list like q_proj,v_proj.")
 
 
+def _quantization_method(value: Any) -> Any:
+    """`bitsandbytes` is the name people know; LLaMA-Factory's QuantizationMethod value is `bnb`."""
+    return "bnb" if value == "bitsandbytes" else value
+
+
 class QuantizationSpec(Strict):
     bits: Literal[4, 8] = Field(4, description="Weight bits of the frozen base (QLoRA).")
-    method: Literal["bitsandbytes", "hqq", "eetq"] = Field("bitsandbytes", description="Quantization backend.")
+    method: Annotated[Literal["bnb", "hqq", "eetq"], BeforeValidator(_quantization_method)] = Field(
+        "bnb",
+        description="On-the-fly quantization backend, as LLaMA-Factory names it: bnb (bitsandbytes; "
+        "`bitsandbytes` is accepted), hqq or eetq (8-bit only).",
+    )
+
+    @model_validator(mode="after")
+    def _bits_fit_method(self) -> QuantizationSpec:
+        if self.method == "eetq" and self.bits != 8:
+            raise ValueError("eetq quantizes to 8 bits only; set bits: 8 or method: bnb")
+        return self
 
 
 class MethodSpec(Strict):

@@ -24,6 +24,7 @@ from lfw.launch import Target, gradient_accumulation, precision_flags
 from lfw.lf_keys import KeySet, known_keys
 from lfw.recipe import DatasetSpec
 from lfw.recipe_loader import LoadedRecipe
+from lfw.stage_models import stage_models
 
 DATASET_INFO = "dataset_info.json"
 
@@ -226,7 +227,6 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
         deepspeed_path = str(run_dir / name)
 
     method = recipe.method
-    finetuning_type = "lora" if method.type in ("lora", "qlora") else method.type
     stages = []
     earlier_outputs: list[Path] = []
     model_path = model_location(recipe.model.path, loaded.base_dir)
@@ -244,16 +244,7 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
             continue
         stage_name = recipe.stage_dir_name(index)
         output_dir = run_dir / stage_name
-        # Later stages continue from the earlier one: a new adapter on top (LoRA) or the saved weights (full).
-        adapter_from = None
-        stage_model = model_path
-        if earlier_outputs:
-            if finetuning_type == "lora":
-                # LoRA stacks every earlier adapter in order; QLoRA keeps training the one adapter it has.
-                chain = earlier_outputs if method.quantization is None else earlier_outputs[-1:]
-                adapter_from = ",".join(str(p) for p in chain)
-            else:
-                stage_model = str(earlier_outputs[-1])
+        models = stage_models(recipe, index, model_path, [str(p) for p in earlier_outputs])
         warmup_key, warmup_value = _warmup(training, keys)
         swanlab = recipe.tracking.swanlab
         context = {
@@ -268,10 +259,10 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
             "tf_version": keys.transformers,
             "stage": stage,
             "model": recipe.model,
-            "model_path": stage_model,
-            "adapter_from": adapter_from,
+            "model_path": models.base,
+            "models": models,
             "quantization": method.quantization,
-            "finetuning_type": finetuning_type,
+            "finetuning_type": models.finetuning_type,
             "lora": method.lora,
             "lora_alpha": method.lora.alpha or 2 * method.lora.rank,
             "freeze_trainable_layers": method.freeze_trainable_layers,

@@ -1,0 +1,100 @@
+"""Which models LLaMA-Factory 0.9.5 builds for each stage of a recipe: the one description render and plan share.
+
+LLaMA-Factory decides this in `model/adapter.py` and `train/trainer_utils.create_ref_model`, and the rules are
+easy to get wrong by hand:
+
+* LoRA on a plain base merges every earlier adapter and creates a new one (`create_new_adapter`); the DPO/KTO
+  reference is then the policy with its adapter switched off, i.e. the base with the earlier adapters merged.
+* On a quantized base, and under DeepSpeed ZeRO-3, adapters cannot be merged (`is_mergeable = False`): LF accepts
+  exactly one adapter and keeps training it, ignoring `create_new_adapter`. So a later stage resumes the previous
+  stage's adapter, and a reference that should be the previous stage's model must be loaded as a separate copy
+  (`ref_model` = base, `ref_model_adapters` = that adapter, quantized like the policy).
+* Full and freeze stages continue from the previous stage's saved weights; their reference is a second copy.
+* DPO with `pref_loss` orpo or simpo uses no reference model at all (`use_ref_model`).
+
+Pure: no click, no torch, no Jinja.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lfw.recipe import Recipe
+
+# "none": the loss needs no reference; "policy": the trained model with its adapter disabled (no extra memory);
+# "copy": LLaMA-Factory loads a second, frozen model.
+Reference = Literal["none", "policy", "copy"]
+
+
+@dataclass(frozen=True)
+class StageModels:
+    """The policy LLaMA-Factory trains in one stage and the reference its preference loss compares against."""
+
+    base: str  # model_name_or_path: the original model, or the previous full/freeze stage's output
+    finetuning_type: str  # lora | full | freeze
+    quant_bits: int | None  # on-the-fly quantization of the base (QLoRA)
+    merged: tuple[str, ...]  # earlier adapters merged into the base before training
+    resumed: str | None  # the earlier adapter that keeps training (quantized base or ZeRO-3)
+    single_adapter_reason: str | None  # why adapters cannot stack in this run, if they cannot
+    reference: Reference
+    ref_adapters: tuple[str, ...] = ()  # adapters of a "copy" reference
+    ref_quant_bits: int | None = None  # quantization of a "copy" reference
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """adapter_name_or_path as LLaMA-Factory reads it: merged ones first, the resumed one last."""
+        return self.merged + ((self.resumed,) if self.resumed else ())
+
+    @property
+    def new_adapter(self) -> bool:
+        return self.finetuning_type == "lora" and self.resumed is None
+
+    def describe_reference(self) -> str:
+        if self.reference == "none":
+            return "none (the loss needs no reference model)"
+        if self.reference == "policy":
+            return "the policy with its adapter disabled (no second copy)"
+        bits = f"{self.ref_quant_bits}-bit " if self.ref_quant_bits else ""
+        extra = f" + adapter {', '.join(self.ref_adapters)}" if self.ref_adapters else ""
+        return f"a second, frozen {bits}copy of {self.base}{extra}"
+
+
+def single_adapter_reason(recipe: Recipe) -> str | None:
+    """Why LLaMA-Factory can hold only one adapter in this run (None when adapters stack)."""
+    if recipe.method.type not in ("lora", "qlora"):
+        return None
+    if recipe.method.quantization is not None:
+        return f"a {recipe.method.quantization.bits}-bit quantized base"
+    if recipe.hardware.deepspeed in ("z3", "z3_offload"):
+        return "DeepSpeed ZeRO-3"
+    return None
+
+
+def uses_reference(stage: str, pref_loss: str | None) -> bool:
+    """LLaMA-Factory's `use_ref_model` for DPO, and KTO's unconditional reference."""
+    return stage == "kto" or (stage == "dpo" and pref_loss not in ("orpo", "simpo"))
+
+
+def stage_models(recipe: Recipe, index: int, model_path: str, earlier_outputs: list[str]) -> StageModels:
+    """The models of stage `index`, given the base model and the output folders of the stages before it."""
+    stage = recipe.stages[index]
+    quant = recipe.method.quantization
+    bits = quant.bits if quant else None
+    finetuning_type = "lora" if recipe.method.type in ("lora", "qlora") else recipe.method.type
+    needs_reference = uses_reference(stage.stage, stage.pref_loss)
+    if finetuning_type != "lora":
+        base = earlier_outputs[-1] if earlier_outputs else model_path
+        return StageModels(base, finetuning_type, None, (), None, None, "copy" if needs_reference else "none")
+    reason = single_adapter_reason(recipe)
+    if not earlier_outputs:
+        return StageModels(model_path, "lora", bits, (), None, reason, "policy" if needs_reference else "none")
+    if reason is None:
+        return StageModels(
+            model_path, "lora", bits, tuple(earlier_outputs), None, None, "policy" if needs_reference else "none"
+        )
+    # One adapter only: it keeps training, and the previous stage's model is a separate frozen reference.
+    previous = earlier_outputs[-1]
+    if not needs_reference:
+        return StageModels(model_path, "lora", bits, (), previous, reason, "none")
+    return StageModels(model_path, "lora", bits, (), previous, reason, "copy", (previous,), bits)
