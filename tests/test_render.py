@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import GOLDEN, REPO, minimal_recipe
+from conftest import GOLDEN, REPO, bundled_targets, minimal_recipe
 from lfw.errors import UserError
 from lfw.gpus import GPU
 from lfw.launch import Target
 from lfw.recipe import HardwareSpec
-from lfw.recipe_loader import bundled_recipes_dir, load_recipe
+from lfw.recipe_loader import load_recipe
 from lfw.render import render
 
 RUN_DIR = Path("/RUN")
@@ -24,16 +24,6 @@ T4 = GPU(0, "Tesla T4", 15360, 7.5)
 def gpu_target(count: int, gpu: GPU | None = A100, nnodes: int = 1) -> Target:
     gpus = tuple(GPU(i, gpu.name, gpu.memory_mib, gpu.compute_capability) for i in range(count)) if gpu else ()
     return Target("cuda", count, nnodes=nnodes, gpus=gpus)
-
-
-def bundled_targets():
-    """Each bundled recipe with the target it is meant for (the 14B one on 4 GPUs of unknown model)."""
-    for path in sorted(bundled_recipes_dir().glob("*.yml")):
-        hardware = load_recipe(str(path)).recipe.hardware
-        if hardware.device == "cpu":
-            yield path, Target("cpu", 1)
-        else:
-            yield path, gpu_target(hardware.gpus if hardware.gpus != "auto" else 1, gpu=None)
 
 
 def normalized(text: str) -> str:
@@ -116,7 +106,7 @@ def test_deepspeed_json_per_stage_choice(write_recipe):
 
 
 def test_dataset_info_absolute_paths_and_formats(write_recipe, tmp_path):
-    recipe = minimal_recipe()
+    recipe = minimal_recipe(model={"path": "Qwen/Qwen2-VL-2B-Instruct", "template": "qwen2_vl"})
     recipe["stages"][0]["datasets"] = [
         {"path": "a.json", "format": "sharegpt", "tags": "role_content"},
         {"path": "sub/b.jsonl", "format": "openai"},
@@ -166,9 +156,8 @@ def test_third_stage_stacks_every_earlier_adapter(write_recipe):
 
 
 def test_passthrough_cannot_shadow_rendered_keys(write_recipe):
-    loaded = load_recipe(str(write_recipe(minimal_recipe(llamafactory={"learning_rate": 1.0}))))
-    with pytest.raises(UserError, match="llamafactory.learning_rate: lfw already renders this key"):
-        render(loaded, Target("cpu", 1), RUN_DIR)
+    with pytest.raises(UserError, match="llamafactory.learning_rate: lfw renders this key from the recipe"):
+        load_recipe(str(write_recipe(minimal_recipe(llamafactory={"learning_rate": 1.0}))))
     extra = load_recipe(str(write_recipe(minimal_recipe(llamafactory={"neftune_noise_alpha": 5}))))
     assert stage_config(render(extra, Target("cpu", 1), RUN_DIR))["neftune_noise_alpha"] == 5
 

@@ -1,9 +1,12 @@
-"""The argument names the installed LLaMA-Factory accepts, without importing it into lfw's process.
+"""What the installed LLaMA-Factory accepts, read without importing it into lfw's process.
 
-LLaMA-Factory's parser (HfArgumentParser over its dataclasses, including transformers' TrainingArguments)
-is the judge of a train YAML, and the accepted keys change with both versions (transformers 5.17 dropped
-`warmup_ratio`). Importing it costs seconds and pulls in torch, so the key list is read once in a
-subprocess and cached per (llamafactory, transformers) version pair; snapshots for known pairs ship with lfw.
+LLaMA-Factory's parser (HfArgumentParser over its dataclasses, including transformers' TrainingArguments) keeps
+values it does not understand: `quantization_method: bitsandbytes` parses and then quantizes nothing. So lfw
+knows, per argument, its value types and its enum/Literal choices, and the chat-template registry with the media
+each template's plugin handles; rendered files and passthrough keys are checked against that. The accepted keys
+change with both versions (transformers 5.17 dropped `warmup_ratio`). Importing LF costs seconds and pulls in
+torch, so the description is read once in a subprocess and cached per (llamafactory, transformers) version pair;
+snapshots for known pairs ship with lfw.
 """
 
 from __future__ import annotations
@@ -11,14 +14,18 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata, resources
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from lfw.errors import UserError
+
+SNAPSHOT_FORMAT = 2  # bump when the dump's shape changes; older cache files are read again
 
 # Keys never accepted in a recipe: secrets belong in the environment, not in files that get shared.
 SECRET_KEYS = {
@@ -28,31 +35,151 @@ SECRET_KEYS = {
     "om_hub_token": "export the token in the environment instead",
 }
 
+# Passthrough keys lfw cannot honour as given, with the recipe's way to say it.
+REFUSED_PASSTHROUGH = {
+    "eval_dataset": "lfw registers only the stages' datasets; hold out data with training.val_size",
+    "dataset": "list the data under stages[].datasets (lfw registers it in dataset_info.json)",
+    "dataset_dir": "lfw writes dataset_info.json into the run directory; list data under stages[].datasets",
+    "output_dir": "each run gets its own directory under the recipe's output_dir",
+    "deepspeed": "use hardware.deepspeed (none, z0, z2, z3, z3_offload): lfw also sets FORCE_TORCHRUN for it",
+    "bf16": "use training.precision", "fp16": "use training.precision", "pure_bf16": "use training.precision",
+    "use_cpu": "use hardware.device: cpu",
+}  # fmt: skip
+
 _DUMP_SCRIPT = """
-import dataclasses, json, sys
+import dataclasses, enum, json, sys, types, typing
+import llamafactory, transformers
 import llamafactory.hparams as hp
-import transformers, llamafactory
-keys = set()
+from llamafactory.data.template import TEMPLATES
+
+def kinds(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        names, choices = set(), []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                names.add("null")
+                continue
+            n, c = kinds(arg)
+            names.update(n)
+            choices += c or []
+        return sorted(names), choices or None
+    if origin is typing.Literal:
+        values = list(typing.get_args(tp))
+        return sorted({type(v).__name__ for v in values}), values
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return ["str"], [m.value for m in tp]
+    if origin in (list, tuple, set) or tp in (list, tuple, set):
+        return ["list"], None
+    if origin is dict or tp is dict:
+        return ["dict"], None
+    if tp in (bool, int, float, str):
+        return [tp.__name__], None
+    return ["any"], None
+
+fields = {}
 for name in dir(hp):
     cls = getattr(hp, name)
     if isinstance(cls, type) and dataclasses.is_dataclass(cls) and name.endswith("Arguments"):
-        keys.update(f.name for f in dataclasses.fields(cls) if f.init)
-json.dump({"llamafactory": llamafactory.__version__, "transformers": transformers.__version__,
-           "keys": sorted(keys)}, sys.stdout)
-"""
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                types_, choices = kinds(hints.get(f.name, typing.Any))
+                fields[f.name] = {"types": types_, "choices": choices}
+templates = {
+    name: [m for m in ("image", "video", "audio") if getattr(template.mm_plugin, m + "_token", None)]
+    for name, template in sorted(TEMPLATES.items())
+}
+versions = {"llamafactory": llamafactory.__version__, "transformers": transformers.__version__}
+json.dump({"format": __FORMAT__, **versions, "fields": dict(sorted(fields.items())), "templates": templates},
+          sys.stdout, indent=1)
+""".replace("__FORMAT__", str(SNAPSHOT_FORMAT))
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """One LLaMA-Factory argument: the value types its annotation allows and, for enums and Literals, the values."""
+
+    types: tuple[str, ...]  # of bool, int, float, str, list, dict, null, any
+    choices: tuple[Any, ...] | None
+
+    def problem(self, value: Any) -> str | None:
+        """Why LLaMA-Factory would not take `value` as meant (None when it would)."""
+        if "any" in self.types:
+            return None
+        if value is None:
+            return None if "null" in self.types else "cannot be null"
+        if self.choices is not None and value in self.choices:
+            return None
+        if self.choices is not None and not isinstance(value, bool | list | dict):
+            if len(self.choices) <= 12:
+                return f"{value!r} is not one of LLaMA-Factory's values: {', '.join(map(str, self.choices))}"
+            close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=3, cutoff=0.4)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            return f"{value!r} is not one of LLaMA-Factory's {len(self.choices)} values{hint}"
+        if _matches(value, self.types):
+            return None
+        return f"{value!r} is a {_type_name(value)}; LLaMA-Factory expects {' or '.join(_readable(self.types))}"
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "whole number", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _readable(types: tuple[str, ...]) -> list[str]:
+    names = {"bool": "true/false", "int": "a whole number", "float": "a number", "str": "a string", "list": "a list",
+             "dict": "a mapping"}  # fmt: skip
+    return [names[t] for t in types if t in names]
+
+
+def _matches(value: Any, types: tuple[str, ...]) -> bool:
+    if isinstance(value, bool):
+        return "bool" in types
+    if isinstance(value, int):
+        return "int" in types or "float" in types
+    if isinstance(value, float):
+        return "float" in types
+    if isinstance(value, str):
+        return "str" in types
+    if isinstance(value, list):
+        return "list" in types
+    if isinstance(value, dict):
+        return "dict" in types
+    return False
 
 
 @dataclass(frozen=True)
 class KeySet:
-    """Accepted LLaMA-Factory keys and where the list came from (shown in rendered headers)."""
+    """The installed LLaMA-Factory's arguments and templates, and where that came from (shown in headers)."""
 
-    keys: frozenset[str]
+    fields: dict[str, FieldType]
+    templates: dict[str, tuple[str, ...]]  # template name -> media its plugin handles (image, video, audio)
     llamafactory: str
     transformers: str
     source: str
 
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.fields)
+
     def __contains__(self, key: object) -> bool:
-        return key in self.keys
+        return key in self.fields
+
+    def value_problem(self, key: str, value: Any) -> str | None:
+        """Why `key: value` would not do what it says in LLaMA-Factory (unknown key, wrong type, not an enum value)."""
+        if key not in self.fields:
+            return f"not an argument of LLaMA-Factory {self.llamafactory}"
+        return self.fields[key].problem(value)
+
+    def template_problem(self, name: str) -> tuple[str, str] | None:
+        """(message, fix) when `name` is not a chat template of the installed LLaMA-Factory."""
+        if name in self.templates:
+            return None
+        close = difflib.get_close_matches(name, sorted(self.templates), n=3)
+        fix = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else "see LLaMA-Factory's template list"
+        return f"{name!r} is not a template of LLaMA-Factory {self.llamafactory}", fix
 
 
 def _version(dist: str) -> str | None:
@@ -75,13 +202,22 @@ def _bundled_dir() -> Path:
     return Path(str(resources.files("lfw") / "lf_keys"))
 
 
-def _read(path: Path, source: str) -> KeySet:
+def _parse(data: dict, source: str) -> KeySet:
+    fields = {
+        name: FieldType(tuple(spec["types"]), tuple(spec["choices"]) if spec["choices"] is not None else None)
+        for name, spec in data["fields"].items()
+    }
+    templates = {name: tuple(media) for name, media in data["templates"].items()}
+    return KeySet(fields, templates, data["llamafactory"], data["transformers"], source)
+
+
+def _read(path: Path, source: str) -> KeySet | None:
     data = json.loads(path.read_text())
-    return KeySet(frozenset(data["keys"]), data["llamafactory"], data["transformers"], source)
+    return _parse(data, source) if data.get("format") == SNAPSHOT_FORMAT else None
 
 
 def dump_installed_keys(python: str = sys.executable) -> dict:
-    """Ask an interpreter with LLaMA-Factory installed for its argument names (seconds: imports torch)."""
+    """Ask an interpreter with LLaMA-Factory installed to describe its arguments (seconds: imports torch)."""
     proc = subprocess.run([python, "-c", _DUMP_SCRIPT], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -93,39 +229,57 @@ _CACHE: dict[tuple, KeySet] = {}
 
 
 def known_keys() -> KeySet:
-    """The keys of the installed LLaMA-Factory; a bundled snapshot when it is not installed here."""
+    """The installed LLaMA-Factory's description; a bundled snapshot when it is not installed here."""
     lf_version, tf_version = _version("llamafactory"), _version("transformers")
     memo = (lf_version, tf_version)
     if memo in _CACHE:
         return _CACHE[memo]
+    result = None
     if lf_version is None or tf_version is None or find_spec("llamafactory") is None:
-        snapshots = sorted(_bundled_dir().glob("*.json"))
-        result = _read(snapshots[-1], f"bundled snapshot {snapshots[-1].stem} (LLaMA-Factory is not installed here)")
+        newest = sorted(_bundled_dir().glob("*.json"))[-1]
+        result = _read(newest, f"bundled snapshot {newest.stem} (LLaMA-Factory is not installed here)")
     else:
         name = _snapshot_name(lf_version, tf_version)
         bundled, cached = _bundled_dir() / name, cache_dir() / "lf_keys" / name
         if bundled.is_file():
             result = _read(bundled, f"bundled snapshot {bundled.stem}")
-        elif cached.is_file():
+        if result is None and cached.is_file():
             result = _read(cached, f"cache {cached}")
-        else:
+        if result is None:
             data = dump_installed_keys()
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(data, indent=1) + "\n")
-            result = _read(cached, f"read from the installed LLaMA-Factory into {cached}")
+            result = _parse(data, f"read from the installed LLaMA-Factory into {cached}")
+    if result is None:
+        raise UserError(f"lfw's bundled LLaMA-Factory snapshot has an old format; reinstall lfw ({_bundled_dir()})")
     _CACHE[memo] = result
     return result
 
 
+def rendered_keys() -> frozenset[str]:
+    """Every key lfw's train template can write: lfw owns these, so a passthrough may not set them."""
+    text = (resources.files("lfw") / "templates" / "train.yaml.j2").read_text()
+    keys = set(re.findall(r"^([a-z_0-9]+):", text, flags=re.MULTILINE))
+    return frozenset(keys | {"warmup_steps", "warmup_ratio", "bf16", "fp16", "use_cpu"})
+
+
 def check_passthrough(raw: dict) -> list[tuple[str, str, str]]:
-    """(key, message, fix) for every passthrough key that is a secret or unknown to LLaMA-Factory."""
+    """(key, message, fix) for every passthrough key that is a secret, owned by lfw, unknown or badly valued."""
     found = []
     keys = known_keys() if raw else None
-    for key in raw:
+    owned = rendered_keys() if raw else frozenset()
+    for key, value in raw.items():
         if key in SECRET_KEYS:
             found.append((key, "secrets are never written into recipes or rendered files", SECRET_KEYS[key]))
+        elif key in REFUSED_PASSTHROUGH:
+            found.append((key, "lfw cannot pass this key through", REFUSED_PASSTHROUGH[key]))
+        elif key in owned:
+            found.append((key, "lfw renders this key from the recipe", "set it through the recipe's own field "
+                          "(see `lfw recipes --fields`)"))  # fmt: skip
         elif keys is not None and key not in keys:
             close = difflib.get_close_matches(key, sorted(keys.keys), n=1)
             fix = f"did you mean {close[0]!r}?" if close else "see `lfw lf train --help` for valid keys"
             found.append((key, f"not an argument of LLaMA-Factory {keys.llamafactory}", fix))
+        elif keys is not None and (problem := keys.value_problem(key, value)):
+            found.append((key, problem, f"give {key} a value LLaMA-Factory {keys.llamafactory} understands"))
     return found

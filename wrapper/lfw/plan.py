@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from lfw.model_arch import LINEAR_NAMES, ModelArch
+from lfw.stage_models import reference_kind
 
 GIB = 1024**3
 MIB = 1024**2
@@ -63,6 +64,12 @@ class PlanInput:
     stage: str = "sft"
     pref_loss: str | None = None
     freeze_trainable_layers: int = 2
+    chained: bool = False  # earlier stages trained first (decides the reference model; see lfw.stage_models)
+
+    @property
+    def reference(self) -> str:
+        """none, policy (adapters off, no copy) or copy: what LLaMA-Factory builds, as render writes it."""
+        return reference_kind(self.method, self.quant_bits, self.deepspeed, self.stage, self.pref_loss, self.chained)
 
     @property
     def sequences(self) -> int:
@@ -260,7 +267,7 @@ def estimate(inp: PlanInput) -> Estimate:
 
     # The loss.
     wants_logits = inp.stage in ("dpo", "kto", "rm")
-    has_reference = inp.stage in ("dpo", "kto") and inp.pref_loss not in ("orpo", "simpo")
+    has_reference = inp.reference != "none"
     if inp.liger and not wants_logits:
         chunk = 2 ** math.ceil(math.log2(max(1, math.ceil(t / math.ceil(arch.vocab / arch.hidden)))))
         loss = t * arch.hidden * LIGER_LOSS_BYTES_PER_HIDDEN + min(chunk, t) * arch.vocab * 4
@@ -273,11 +280,16 @@ def estimate(inp: PlanInput) -> Estimate:
             loss_note += "; liger cannot fuse it: LLaMA-Factory needs logits for " + inp.stage
     comps.append(Component("logits and loss", loss, loss_note))
 
-    if has_reference and not lora:
-        ref = arch.params * half / (n if zero3 else 1)
-        comps.append(Component("reference model", 0.0 if offload else ref, "bf16 copy for DPO/KTO"))
-    elif has_reference:
-        comps.append(Component("reference model", 0.0, "LoRA: the base with adapters off (no copy)"))
+    if inp.reference == "copy":
+        if lora:  # the previous stage's model: the base (quantized like the policy) + its adapter, frozen
+            ref = weight_bytes(arch, bits, half) + trainable * half
+            ref_note = ("4-bit" if bits == 4 else "8-bit" if bits == 8 else "bf16") + " base + adapter, frozen"
+        else:
+            ref, ref_note = arch.params * half, "bf16 copy of the weights, frozen"
+        ref = 0.0 if offload else ref / (n if zero3 else 1)
+        comps.append(Component("reference model", ref, ref_note + (", offloaded" if offload else "")))
+    elif inp.reference == "policy":
+        comps.append(Component("reference model", 0.0, "the policy with its adapter disabled (no copy)"))
 
     if bits == 4 or bits == 8:
         shapes = arch.linear_shapes().values()
@@ -372,7 +384,7 @@ class LadderStep:
 
 
 def oom_ladder(inp: PlanInput, gpu_bytes: float, margin: float = SAFETY_MARGIN) -> list[LadderStep]:
-    """The OOM ladder of seed 003, applied cumulatively at micro batch 1, with each step's estimated peak.
+    """The OOM ladder of seed 003, applied cumulatively, with each step's estimated peak.
 
     Order by effect: QLoRA, a shorter cutoff_len, micro batch 1 with more accumulation, the liger kernel with
     gradient checkpointing (flash attention is already assumed: SDPA keeps no T^2 matrix), ZeRO-3 offload.
@@ -395,8 +407,8 @@ def oom_ladder(inp: PlanInput, gpu_bytes: float, margin: float = SAFETY_MARGIN) 
         current = replace(current, deepspeed="z3_offload")
         steps.append(("hardware.deepspeed: z3_offload (params + optimizer in CPU memory)", current))
     out = []
-    for action, step in steps:
-        est = estimate(replace(step, micro_batch=1) if "micro" not in action else step)
+    for action, step in steps:  # each step as it stands: the micro batch drops only at its own step
+        est = estimate(step)
         out.append(LadderStep(action, est, est.fits(gpu_bytes, margin)))
     return out
 
@@ -430,6 +442,7 @@ def plan_input(
         stage=stage.stage,
         pref_loss=stage.pref_loss,
         freeze_trainable_layers=method.freeze_trainable_layers,
+        chained=stage_index > 0,
     )
 
 

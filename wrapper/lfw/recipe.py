@@ -104,19 +104,29 @@ class DatasetSpec(Strict):
     media_dir: str | None = Field(None, description="Folder that image/video/audio paths are relative to.")
 
 
+# Upper bounds far above any real run (Qwen3-14B at 32k tokens, global batch 4096), so a typo or an extra zero
+# (cutoff_len 1e13, global batch 1e26) is an error at load, not a 200-million-GiB plan.
+MAX_GLOBAL_BATCH = 1 << 20
+MAX_MICRO_BATCH = 1 << 14
+MAX_CUTOFF_LEN = 1 << 22
+
+
 class TrainingSpec(Strict):
     global_batch_size: PositiveInt = Field(
         16,
+        le=MAX_GLOBAL_BATCH,
         description="Samples per optimizer step over all GPUs and nodes; held constant as GPU count changes.",
     )
-    micro_batch_size: PositiveInt | Literal["auto"] = Field(
+    micro_batch_size: Annotated[int, Field(gt=0, le=MAX_MICRO_BATCH)] | Literal["auto"] = Field(
         1, description="Samples per GPU per forward pass; auto: the largest that `lfw plan` finds fits."
     )
-    cutoff_len: PositiveInt = Field(2048, description="Maximum tokens per sample (longer ones are cut).")
+    cutoff_len: PositiveInt = Field(
+        2048, le=MAX_CUTOFF_LEN, description="Maximum tokens per sample (longer ones are cut)."
+    )
     epochs: float | None = Field(3.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps.")
     max_samples: PositiveInt | None = Field(None, description="Use at most this many samples per dataset.")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
     lr_scheduler: Literal[
         "linear",
         "cosine",
@@ -207,8 +217,10 @@ class SwanLabSpec(Strict):
     project: str = Field(description="SwanLab project.")
     experiment: str | None = Field(None, description="Experiment name; default the run directory's name.")
     workspace: str | None = Field(None, description="SwanLab workspace (team).")
-    mode: Literal["cloud", "local", "offline", "disabled"] = Field(
-        "cloud", description="cloud needs SWANLAB_API_KEY in the environment; local keeps logs on disk."
+    mode: Literal["cloud", "local"] = Field(
+        "cloud",
+        description="cloud needs SWANLAB_API_KEY in the environment; local keeps logs on disk "
+        "(LLaMA-Factory 0.9.5's swanlab_mode takes these two).",
     )
 
 

@@ -67,7 +67,9 @@ def _yaml_scalar(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
     if isinstance(value, float):
-        return repr(value)
+        text = repr(value)  # YAML 1.1 (PyYAML) reads 3e-05 as a string: the mantissa needs a dot
+        mantissa, e, exponent = text.partition("e")
+        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -206,6 +208,51 @@ def _auto_micro_batch(loaded: LoadedRecipe, index: int, target: Target) -> int:
     return auto_micro_batch(loaded.recipe, index, arch, target.world_size, gpu_bytes)
 
 
+def _check_rendered(config: dict[str, Any], keys: KeySet, problems: ProblemCollector) -> None:
+    """Every rendered value must mean to LLaMA-Factory what it says: a known key, its type, one of its enum values.
+
+    LF's parser keeps what it does not understand (`quantization_method: bitsandbytes` quantized nothing), so the
+    parser accepting a file proves little; passthrough values were checked at load, so a problem here is lfw's.
+    """
+    for key, value in config.items():
+        problem = keys.value_problem(key, value)
+        if problem:
+            problems.add(f"rendered {key}", problem, "report this lfw bug; meanwhile pin the versions lfw supports")
+
+
+_MEDIA_COLUMNS = {"images": "image", "videos": "video", "audios": "audio"}
+
+
+def _check_template(
+    loaded: LoadedRecipe,
+    keys: KeySet,
+    info: dict[str, Any],
+    names_per_stage: list[list[str]],
+    problems: ProblemCollector,
+) -> None:
+    """The chat template exists in the installed LLaMA-Factory and its plugin handles the media in the data."""
+    name = loaded.recipe.model.template
+    unknown = keys.template_problem(name)
+    if unknown:
+        problems.add("model.template", *unknown)
+        return
+    handled = keys.templates[name]
+    for index, names in enumerate(names_per_stage):
+        for ds_index, ds_name in enumerate(names):
+            columns = info[ds_name].get("columns", {})
+            for column, medium in _MEDIA_COLUMNS.items():
+                if column in columns and medium not in handled:
+                    can = sorted(
+                        (not t.startswith("qwen"), t) for t, media in keys.templates.items() if medium in media
+                    )
+                    problems.add(
+                        f"stages[{index}].datasets[{ds_index}]",
+                        f"the data has {column} but template {name!r} is text-only for {medium}s "
+                        "(LLaMA-Factory would drop them or fail)",
+                        f"use the template of a model that reads {medium}s, e.g. {', '.join(t for _, t in can[:4])}",
+                    )
+
+
 def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
     """Render every file of a run whose directory will be `run_dir` (absolute paths point into it)."""
     recipe = loaded.recipe
@@ -214,6 +261,7 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
     env = _environment()
     problems = ProblemCollector()
     info, names_per_stage = build_dataset_info(loaded)
+    _check_template(loaded, keys, info, names_per_stage, problems)
 
     files = [RenderedFile(DATASET_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")]
     deepspeed_path = None
@@ -282,23 +330,8 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
             "distributed": target.world_size > 1,
             "passthrough": {},
         }
-        template = env.get_template("train.yaml.j2")
-        base_text = template.render(**context)
-        rendered_keys = set(yaml.safe_load(base_text))
-        for key in recipe.llamafactory:
-            if key in rendered_keys:
-                problems.add(
-                    f"llamafactory.{key}",
-                    "lfw already renders this key from the recipe",
-                    "set it through the recipe's own field (see `lfw recipes --fields`)",
-                )
-        for key in sorted(rendered_keys - keys.keys):
-            problems.add(
-                f"rendered {key}",
-                f"not accepted by LLaMA-Factory {keys.llamafactory}",
-                "report this lfw bug; meanwhile pin the versions lfw supports",
-            )
-        text = template.render(**{**context, "passthrough": recipe.llamafactory})
+        text = env.get_template("train.yaml.j2").render(**{**context, "passthrough": recipe.llamafactory})
+        _check_rendered(yaml.safe_load(text), keys, problems)
         config_name = f"{stage_name}.yaml"
         files.append(RenderedFile(config_name, text))
         stages.append(RenderedStage(index, stage_name, config_name, output_dir))

@@ -18,9 +18,10 @@ Pure: no click, no torch, no Jinja.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from lfw.recipe import Recipe
+if TYPE_CHECKING:
+    from lfw.recipe import Recipe
 
 # "none": the loss needs no reference; "policy": the trained model with its adapter disabled (no extra memory);
 # "copy": LLaMA-Factory loads a second, frozen model.
@@ -60,13 +61,13 @@ class StageModels:
         return f"a second, frozen {bits}copy of {self.base}{extra}"
 
 
-def single_adapter_reason(recipe: Recipe) -> str | None:
+def single_adapter_reason(method: str, quant_bits: int | None, deepspeed: str) -> str | None:
     """Why LLaMA-Factory can hold only one adapter in this run (None when adapters stack)."""
-    if recipe.method.type not in ("lora", "qlora"):
+    if method not in ("lora", "qlora"):
         return None
-    if recipe.method.quantization is not None:
-        return f"a {recipe.method.quantization.bits}-bit quantized base"
-    if recipe.hardware.deepspeed in ("z3", "z3_offload"):
+    if quant_bits:
+        return f"a {quant_bits}-bit quantized base"
+    if deepspeed in ("z3", "z3_offload"):
         return "DeepSpeed ZeRO-3"
     return None
 
@@ -76,25 +77,35 @@ def uses_reference(stage: str, pref_loss: str | None) -> bool:
     return stage == "kto" or (stage == "dpo" and pref_loss not in ("orpo", "simpo"))
 
 
+def reference_kind(
+    method: str, quant_bits: int | None, deepspeed: str, stage: str, pref_loss: str | None, chained: bool
+) -> Reference:
+    """The reference LLaMA-Factory builds for a stage; `chained`: earlier stages trained before this one."""
+    if not uses_reference(stage, pref_loss):
+        return "none"
+    if method not in ("lora", "qlora"):
+        return "copy"
+    if chained and single_adapter_reason(method, quant_bits, deepspeed):
+        return "copy"  # the previous stage's model, loaded beside the adapter that keeps training
+    return "policy"
+
+
 def stage_models(recipe: Recipe, index: int, model_path: str, earlier_outputs: list[str]) -> StageModels:
     """The models of stage `index`, given the base model and the output folders of the stages before it."""
     stage = recipe.stages[index]
-    quant = recipe.method.quantization
-    bits = quant.bits if quant else None
-    finetuning_type = "lora" if recipe.method.type in ("lora", "qlora") else recipe.method.type
-    needs_reference = uses_reference(stage.stage, stage.pref_loss)
-    if finetuning_type != "lora":
+    method = recipe.method.type
+    bits = recipe.method.quantization.bits if recipe.method.quantization else None
+    deepspeed = recipe.hardware.deepspeed
+    reference = reference_kind(method, bits, deepspeed, stage.stage, stage.pref_loss, bool(earlier_outputs))
+    if method not in ("lora", "qlora"):
         base = earlier_outputs[-1] if earlier_outputs else model_path
-        return StageModels(base, finetuning_type, None, (), None, None, "copy" if needs_reference else "none")
-    reason = single_adapter_reason(recipe)
+        return StageModels(base, method, None, (), None, None, reference)
+    reason = single_adapter_reason(method, bits, deepspeed)
     if not earlier_outputs:
-        return StageModels(model_path, "lora", bits, (), None, reason, "policy" if needs_reference else "none")
+        return StageModels(model_path, "lora", bits, (), None, reason, reference)
     if reason is None:
-        return StageModels(
-            model_path, "lora", bits, tuple(earlier_outputs), None, None, "policy" if needs_reference else "none"
-        )
+        return StageModels(model_path, "lora", bits, tuple(earlier_outputs), None, None, reference)
     # One adapter only: it keeps training, and the previous stage's model is a separate frozen reference.
     previous = earlier_outputs[-1]
-    if not needs_reference:
-        return StageModels(model_path, "lora", bits, (), previous, reason, "none")
-    return StageModels(model_path, "lora", bits, (), previous, reason, "copy", (previous,), bits)
+    ref_adapters = (previous,) if reference == "copy" else ()
+    return StageModels(model_path, "lora", bits, (), previous, reason, reference, ref_adapters, bits)
