@@ -125,3 +125,23 @@ def test_cli_writes_new_file_only(runner, lf_yaml, tmp_path):
     assert load_recipe(str(out)).recipe.training.global_batch_size == 8
     again = runner.invoke(cli, ["import", str(lf_yaml), "-o", str(out)])
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_llamafactorys_own_quantization_method_imports_and_renders_back(tmp_path: Path):
+    """LF's value is `bnb`; the import once refused it and the render once wrote `bitsandbytes`, which LF ignores."""
+    (tmp_path / "alpaca.json").write_text('[{"instruction": "a", "input": "", "output": "b"}]')
+    (tmp_path / "dataset_info.json").write_text('{"demo": {"file_name": "alpaca.json"}}')
+    original = {
+        "model_name_or_path": "Qwen/Qwen3-4B", "template": "qwen3_nothink", "stage": "sft", "do_train": True,
+        "finetuning_type": "lora", "quantization_bit": 4, "quantization_method": "bnb", "dataset": "demo",
+        "dataset_dir": str(tmp_path), "output_dir": "saves/q", "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+    }  # fmt: skip
+    lf_yaml = tmp_path / "qlora.yaml"
+    lf_yaml.write_text(yaml.safe_dump(original))
+    recipe_path = tmp_path / "recipe.yml"
+    recipe_path.write_text(import_config(lf_yaml, gpus=1).to_yaml(lf_yaml))
+    rendering = render(load_recipe(str(recipe_path)), Target("cpu", 1), tmp_path / "run")
+    config = yaml.safe_load(rendering.files[-1].content)
+    assert config["quantization_bit"] == 4 and config["quantization_method"] == "bnb"
+    assert config["finetuning_type"] == "lora"
