@@ -179,3 +179,13 @@ def test_plan_and_render_agree_on_the_reference(write_recipe):
         reference = next(c for c in estimate(inp).components if c.name == "reference model")
         loads_copy = "ref_model" in config or method == "full"  # full: LF copies the model itself
         assert (models.reference == "copy") == loads_copy == (reference.bytes > 0), (method, deepspeed)
+
+
+def test_eight_bit_base_under_zero3_is_refused_before_any_stage(write_recipe):
+    """LF raises 'Only 4-bit quantized model can use fsdp+qlora' at model load, after data prep: refuse at load."""
+    recipe = minimal_recipe(method={"type": "qlora", "quantization": {"bits": 8}})
+    recipe["hardware"] = {"device": "cpu", "deepspeed": "z3"}
+    with pytest.raises(UserError, match="8-bit bnb cannot run under DeepSpeed ZeRO-3"):
+        load_recipe(str(write_recipe(recipe)))
+    recipe["method"]["quantization"]["bits"] = 4
+    load_recipe(str(write_recipe(recipe)))

@@ -243,6 +243,18 @@ class Recipe(Strict):
         description="Raw LLaMA-Factory keys passed through as they are (checked against its argument classes).",
     )
 
+    @model_validator(mode="after")
+    def _quantization_fits_deepspeed(self) -> Recipe:
+        """LLaMA-Factory 0.9.5 (model_utils/quantization.py) quantizes under ZeRO-3 only to 4 bits with bnb."""
+        quant = self.method.quantization
+        if quant is not None and self.hardware.deepspeed in ("z3", "z3_offload"):
+            if quant.method != "bnb" or quant.bits != 4:
+                raise ValueError(
+                    f"{quant.bits}-bit {quant.method} cannot run under DeepSpeed ZeRO-3 in LLaMA-Factory; "
+                    "use method.quantization {bits: 4, method: bnb} or hardware.deepspeed z2"
+                )
+        return self
+
     def stage_training(self, index: int) -> TrainingSpec:
         """The training block of one stage: the recipe's, with the stage's overrides on top."""
         overrides = self.stages[index].training
