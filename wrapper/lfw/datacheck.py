@@ -5,6 +5,8 @@ tag", "Dropped invalid example"), an `<image>` count mismatch crashes the run mi
 `save_to_disk` folder is not loadable at all. This module finds all of that up front and names each row (file,
 1-based row, line) together with its fix. The rules mirror LLaMA-Factory 0.9.5 (`data/converter.py`,
 `data/parser.py`, `data/mm_plugin.py`), so a file that passes here is read by LLaMA-Factory as intended.
+`dataset_layout` is the one description of a file's columns: `lfw render` registers exactly it in dataset_info.json,
+and `read_samples` gives the checked rows in LLaMA-Factory's aligned form (for the behaviour oracle).
 
 Pure logic: no click, no torch/transformers/pandas; pyarrow and tokenizers are imported only when a Parquet or
 Arrow file or a tokenizer is actually used, so `lfw data check` on JSON starts instantly.
@@ -21,6 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +57,19 @@ TAG_NAMES = (
     "system_tag",
 )
 MEDIA = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
+# Columns a row may leave out; the others (prompt, response, messages, chosen, rejected, kto_tag) are the data.
+OPTIONAL_COLUMNS = ("query", "history", "system", "tools", *MEDIA)
+# LLaMA-Factory's columns when a dataset_info entry has no "columns" block (DatasetAttr's defaults).
+LF_DEFAULT_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "messages": "conversations"}
 
 # Extensions LLaMA-Factory loads (extras/constants.py FILEEXT2TYPE), mapped to our container names.
 FILE_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 FILE_TYPES[".txt"] = "text"
 
-SHAREGPT_TAGS: dict[str, str | None] = {
-    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-    "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
-}  # fmt: skip
-ROLE_CONTENT_TAGS: dict[str, str | None] = {
-    "role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-    "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system",
-}  # fmt: skip
+# The recipe formats' default layouts and the two message tag styles: data, shipped in the package.
+_DEFAULTS = json.loads((resources.files("lfw") / "dataset_info" / "formats.json").read_text(encoding="utf-8"))
+SHAREGPT_TAGS: dict[str, str | None] = _DEFAULTS["tag_styles"]["from_value"]  # also LLaMA-Factory's defaults
+ROLE_CONTENT_TAGS: dict[str, str | None] = _DEFAULTS["tag_styles"]["role_content"]
 
 SAMPLE_ROWS = 200  # rows read before deciding the format of a file
 MAX_STORED_PROBLEMS = 2000  # problems kept per report; counts stay exact beyond it
@@ -164,7 +167,10 @@ class DataFormat:
             entry["formatting"] = self.formatting
         if self.ranking:
             entry["ranking"] = True
-        entry["columns"] = {k: v for k, v in self.columns.items() if v}
+        unread = ("messages",) if self.formatting == "alpaca" else ("prompt", "query", "response", "history")
+        columns = {k: v for k, v in self.columns.items() if v and k not in unread}
+        if columns != {k: v for k, v in LF_DEFAULT_COLUMNS.items() if k not in unread}:
+            entry["columns"] = columns
         if self.style == "messages" and any(self.tags.get(k) != v for k, v in SHAREGPT_TAGS.items()):
             entry["tags"] = {k: v for k, v in self.tags.items() if v}
         return entry
@@ -194,24 +200,14 @@ class DataFormat:
     @classmethod
     def for_name(cls, name: str, tags: str | None = None) -> DataFormat:
         """The default layout of a recipe format name (used when the rows themselves say too little)."""
-        cols: dict[str, str | None] = {k: None for k in COLUMN_NAMES}
-        tag_map = dict(ROLE_CONTENT_TAGS if name in ("openai", "kto", "multimodal") else SHAREGPT_TAGS)
-        if tags:
-            tag_map = dict(SHAREGPT_TAGS if tags == "from_value" else ROLE_CONTENT_TAGS)
-        if name in ("alpaca", "preference"):
-            cols |= {"prompt": "instruction", "query": "input"}
-            cols |= {"chosen": "chosen", "rejected": "rejected"} if name == "preference" else {"response": "output"}
-            return cls("alpaca", name == "preference", cols, tag_map, "alpaca")
-        if name == "text":
-            return cls("alpaca", False, cols | {"prompt": "text"}, tag_map, "text")
-        cols["messages"] = "messages" if tag_map["role_tag"] == "role" else "conversations"
-        if name == "preference_sharegpt":
-            cols |= {"chosen": "chosen", "rejected": "rejected"}
-        if name == "kto":
-            cols["kto_tag"] = "label"
-        if name == "multimodal":
-            cols["images"] = "images"
-        return cls("sharegpt", name == "preference_sharegpt", cols, tag_map, "messages")
+        default = _DEFAULTS["formats"][name]
+        formatting = default.get("formatting", "alpaca")
+        style = tags or default.get("tags", "from_value")
+        cols: dict[str, str | None] = {k: None for k in COLUMN_NAMES} | default.get("columns", {})
+        if formatting != "alpaca":
+            cols["messages"] = _DEFAULTS["messages_column"][style]
+        layout = "messages" if formatting != "alpaca" else _alpaca_style(cols)
+        return cls(formatting, default.get("ranking", False), cols, dict(_DEFAULTS["tag_styles"][style]), layout)
 
 
 @dataclass
@@ -279,8 +275,10 @@ def check_dataset(
     Raises `UserError` only for unusable arguments (missing path, unknown format, no tokenizer.json); every
     problem in the data itself lands in the returned report.
     """
-    opts = _Options.build(fmt, tokenizer_dir, cutoff_len, media_dir, columns, tags, stage)
-    p = Path(path)
+    return _check_path(Path(path), _Options.build(fmt, tokenizer_dir, cutoff_len, media_dir, columns, tags, stage))
+
+
+def _check_path(p: Path, opts: _Options) -> DataReport:
     if not p.exists():
         raise UserError(
             [Problem(str(p), "no such file or folder", "check the path (relative to the current directory)")]
@@ -306,6 +304,58 @@ def check_rows(
     opts = _Options.build(fmt, tokenizer_dir, cutoff_len, media_dir, columns, tags, stage)
     records = (_Rec(i, None, row) for i, row in enumerate(rows, 1))
     return _check_records(Path(name), name, "rows", records, opts, Path(media_dir or "."))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One clean row as LLaMA-Factory 0.9.5's aligner (`data/converter.py`) turns it into training columns.
+
+    Field for field, the converter's output for the row (`align_dataset`'s `_prompt`, `_response`, ...):
+
+    - `prompt` == `_prompt`: `[{"role": ..., "content": str}, ...]`, roles `user`, `assistant`, `observation`,
+      `function`; odd length, alternating, ending with a user (or observation) turn; alpaca `history` pairs
+      come first, then `instruction` and `input` joined by a newline. Pretraining text: one user turn.
+    - `response` == `_response`: `[{"role": "assistant" | "function", "content": str}]`; preference rows give
+      `[chosen, rejected]`; KTO rows the answer plus an empty assistant message: `[answer, empty]` when the
+      label is true, `[empty, answer]` when false; pretraining text gives `[]`.
+    - `system` == `_system`, `tools` == `_tools`: strings, "" when the row has none (LLaMA-Factory gives None
+      where a registered column is null in this row). The openai converter (`formatting: openai`, used for
+      data with `tool_calls`) changes the system prompt as LLaMA-Factory 0.9.5 does: "detailed thinking off"
+      when there is neither system nor tools, "\ndetailed thinking off" or "\n" appended otherwise.
+    - `images`, `videos`, `audios` == `_images`, `_videos`, `_audios`: the row's media list with `media_dir`
+      joined onto each path that exists there (LLaMA-Factory's `_find_medias`), or None when the row has none.
+    - `path` and `row`: the file the row is in and its 1-based position there (a folder has several files).
+    """
+
+    path: Path
+    row: int
+    prompt: list[dict[str, str]]
+    response: list[dict[str, str]]
+    system: str
+    tools: str
+    images: list[Any] | None
+    videos: list[Any] | None
+    audios: list[Any] | None
+
+
+def read_samples(
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    *,
+    columns: dict[str, str] | None = None,
+    tags: str | None = None,
+    media_dir: str | os.PathLike[str] | None = None,
+    stage: str | None = None,
+) -> list[Sample]:
+    """Every row of `path` that `check_dataset` passes, as LLaMA-Factory will train on it (see `Sample`).
+
+    Arguments as in `check_dataset` (the recipe's dataset fields); rows with errors are left out, so compare
+    by `Sample.row`. `media_dir` defaults to the data file's folder, the media_dir lfw renders for it.
+    """
+    opts = _Options.build(fmt, None, None, media_dir, columns, tags, stage)
+    opts.samples = []
+    _check_path(Path(path), opts)
+    return opts.samples
 
 
 def detect_format(rows: list[Any]) -> DataFormat | None:
@@ -337,32 +387,46 @@ def detect_format(rows: list[Any]) -> DataFormat | None:
             ranking = False
             cols |= {"chosen": None, "rejected": None}
             break
-    for kind in MEDIA:
-        for key in (kind, kind[:-1]):  # LLaVA-style files use the singular: "image": "a.jpg"
-            if any_key(key):
-                cols[kind] = key
-                break
-    if any_key("tools"):
-        cols["tools"] = "tools"
-    if any_key("system"):
-        cols["system"] = "system"
-
+    keys = {k for r in dicts for k in r}
     if n_messages and n_messages >= n_alpaca:
-        cols["messages"] = msg_key
+        cols |= {"messages": msg_key} | _present_columns(keys, "messages")
         formatting, tag_map = _detect_tags(dicts, msg_key)
         return DataFormat(formatting, ranking, cols, tag_map, "messages")
     if n_alpaca:
         prompt = "instruction" if any_key("instruction") or not any_key("prompt") else "prompt"
         response = "output" if any_key("output") or not any_key("response") else "response"
-        cols |= {"prompt": prompt, "query": "input"}
+        cols |= {"prompt": prompt} | _present_columns(keys, "alpaca")
         if not ranking:
             cols["response"] = response
-        if any_key("history"):
-            cols["history"] = "history"
         return DataFormat("alpaca", ranking, cols, dict(SHAREGPT_TAGS), "alpaca")
     if n_text:
-        return DataFormat("alpaca", False, cols | {"prompt": "text"}, dict(SHAREGPT_TAGS), "text")
+        cols |= {"prompt": "text"} | _present_columns(keys, "text")
+        return DataFormat("alpaca", False, cols, dict(SHAREGPT_TAGS), "text")
     return None
+
+
+def dataset_layout(
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    *,
+    columns: dict[str, str] | None = None,
+    tags: str | None = None,
+) -> DataFormat:
+    """The layout `lfw data check` reads `path` with (the recipe's format, columns, tags), from its first rows.
+
+    Its `dataset_info_entry` is what dataset_info.json must register: every LLaMA-Factory column the data has and
+    none it lacks. A path that does not exist here (rendering for another machine) or whose rows say too little
+    gets the format's defaults plus `columns`; `lfw run` checks the real file before any stage starts.
+    """
+    opts = _Options.build(fmt, None, None, None, columns, tags, None)
+    p = Path(path)
+    sample = _head_rows(p) if p.exists() else []
+    found = _resolve_format(sample, opts, None, _Sink(str(p))) if sample else None
+    if found is not None:
+        return found
+    if opts.fmt is None:
+        raise UserError([Problem(str(p), "cannot tell the data format", "give the dataset a format")])
+    return _declared_layout(opts, None)
 
 
 def convert_to_jsonl(path: str | os.PathLike[str], out: str | os.PathLike[str], split: str | None = None) -> Path:
@@ -435,6 +499,7 @@ class _Options:
     columns: dict[str, str] | None
     tags: str | None
     stage: str | None
+    samples: list[Sample] | None = None  # read_samples collects every clean row here
 
     @classmethod
     def build(
@@ -521,6 +586,38 @@ def _alpaca_style(columns: dict[str, str | None]) -> str:
     return "text" if only_prompt and not columns.get("kto_tag") else "alpaca"
 
 
+def _present_columns(keys: Iterable[str], style: str) -> dict[str, str]:
+    """Optional LLaMA-Factory columns that rows with these keys carry, attribute -> key.
+
+    Registered only when some row has the key: LLaMA-Factory reads a column only when dataset_info.json names it,
+    and raises KeyError for a named column that no row has. History and input exist only in alpaca rows.
+    """
+    keys = set(keys)
+    found = {attr: attr for attr in ("system", "tools") if attr in keys}
+    for kind in MEDIA:
+        key = next((k for k in (kind, kind[:-1]) if k in keys), None)  # LLaVA files use the singular "image"
+        if key:
+            found[kind] = key
+    if style == "alpaca":
+        found |= {attr: key for attr, key in (("query", "input"), ("history", "history")) if key in keys}
+    return found
+
+
+def _declared_layout(opts: _Options, keys: set[str] | None) -> DataFormat:
+    """The recipe's format read through its `columns` (e.g. SFT on the `chosen` answers of preference pairs).
+
+    `keys` are the keys the rows have: the format's optional columns follow them. None (no rows to look at)
+    keeps the format's defaults.
+    """
+    assert opts.fmt is not None
+    fmt = DataFormat.for_name(opts.fmt, opts.tags)
+    if keys is not None:
+        fmt.columns = {k: None if k in OPTIONAL_COLUMNS else v for k, v in fmt.columns.items()}
+        fmt.columns |= _present_columns(keys, fmt.style)
+    fmt.columns |= opts.columns or {}
+    return fmt
+
+
 def _detect_tags(dicts: list[dict], msg_key: str) -> tuple[str, dict[str, str | None]]:
     """Tag style and role vocabulary of messages: from/value or role/content, human/gpt or user/assistant."""
     keys: Counter[str] = Counter()
@@ -575,7 +672,8 @@ def _compatible(declared: str, fmt: DataFormat) -> bool:
 
 
 def _resolve_format(sample: list[Any], opts: _Options, fixed: DataFormat | None, sink: _Sink) -> DataFormat | None:
-    """The layout to check rows against: dataset_info entry, else detection, else the declared default."""
+    """The layout to check rows against: dataset_info entry, else detection, else the declared format read
+    through the recipe's `columns` (which also win over what detection found)."""
     fmt: DataFormat | None
     if fixed is not None:
         fmt = fixed
@@ -590,19 +688,21 @@ def _resolve_format(sample: list[Any], opts: _Options, fixed: DataFormat | None,
         fmt = detect_format(sample)
         if fmt is None and not sample:
             return None  # nothing readable: the parse error or "no rows" says it all
-        if fmt is None:
+        if opts.fmt is not None and (fmt is None or (opts.columns and not _compatible(opts.fmt, fmt))):
+            # the declared format, read through the recipe's columns where the rows have another shape
+            keys = {str(k) for r in sample if isinstance(r, dict) for k in r}
+            fmt = _declared_layout(opts, keys)
+        elif fmt is None:
             keys = sorted({str(k) for r in sample if isinstance(r, dict) for k in r})[:12]
-            if opts.fmt is None:
-                seen = f"keys seen: {', '.join(keys)}" if keys else "no JSON objects among the first rows"
-                sink.add(
-                    "error",
-                    "format-unknown",
-                    f"cannot tell the data format ({seen})",
-                    "rows need alpaca keys (instruction/output), a message list (conversations/messages), "
-                    "chosen/rejected, or text; or pass --format",
-                )
-                return None
-            fmt = DataFormat.for_name(opts.fmt, opts.tags)
+            seen = f"keys seen: {', '.join(keys)}" if keys else "no JSON objects among the first rows"
+            sink.add(
+                "error",
+                "format-unknown",
+                f"cannot tell the data format ({seen})",
+                "rows need alpaca keys (instruction/output), a message list (conversations/messages), "
+                "chosen/rejected, or text; or pass --format",
+            )
+            return None
         elif opts.fmt is not None and not _compatible(opts.fmt, fmt):
             hint = (
                 f"use format {fmt.name}" if fmt.name in FORMATS else "fix the data or the declared format"
@@ -620,6 +720,15 @@ def _resolve_format(sample: list[Any], opts: _Options, fixed: DataFormat | None,
         fmt.columns = dict(fmt.columns) | dict(opts.columns)
     if opts.stage is not None:
         _check_stage(opts.stage, fmt, sink)
+    if fmt.formatting == "openai":
+        sink.add(
+            "warning",
+            "openai-system",
+            "rows with tool_calls are read by LLaMA-Factory 0.9.5's openai converter, which appends "
+            "'detailed thinking off' to the system prompt of rows without tools (and makes it the system prompt "
+            "where there is none)",
+            "to keep system prompts as written, store tool calls as sharegpt function_call messages",
+        )
     return fmt
 
 
@@ -703,10 +812,17 @@ def _json_hint(err: json.JSONDecodeError) -> str:
     return "fix the JSON syntax at that spot"
 
 
-def _read_json(path: Path, sink: _Sink, meta: dict[str, str]) -> Iterator[_Rec]:
-    """A JSON array, read element by element so every row knows its line; JSON lines in .json also work."""
+def _read_json(path: Path, sink: _Sink, meta: dict[str, str], prefix: int | None = None) -> Iterator[_Rec]:
+    """A JSON array, read element by element so every row knows its line; JSON lines in .json also work.
+
+    With `prefix`, only the rows within that many leading bytes (the head, for registering columns).
+    """
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        if prefix is None:
+            text = path.read_bytes().decode("utf-8-sig")
+        else:
+            with path.open("rb") as fh:
+                text = fh.read(prefix).decode("utf-8-sig", errors="ignore")  # may end mid-character
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         sink.add("error", "encoding", f"not UTF-8 (byte {err.start})", "save the file as UTF-8", line=line)
@@ -939,6 +1055,41 @@ def _read_arrow(path: Path, sink: _Sink, start: int = 0) -> Iterator[_Rec]:
             f"cannot read Arrow IPC data: {err}",
             "re-create it with datasets' save_to_disk",
         )
+
+
+HEAD_BYTES = 8 << 20  # a JSON file's head: enough for SAMPLE_ROWS rows of ~40 kB
+
+
+def _head_rows(path: Path) -> list[Any]:
+    """The first SAMPLE_ROWS readable rows of a data file (of each file of a folder), without reading it all."""
+    sink = _Sink(str(path))  # problems are `lfw data check`'s business; here only the layout counts
+    if path.is_file():
+        container = FILE_TYPES.get(path.suffix.lower())
+        if container == "json" and path.stat().st_size > HEAD_BYTES:
+            rows = _first_rows(_read_json(path, sink, {}, HEAD_BYTES))
+            if rows:
+                return rows
+        return _first_rows(_read_file(path, container, sink)) if container else []
+    if _is_save_to_disk(path):
+        try:
+            return _first_rows(_records_for_convert(path, None, sink))
+        except UserError:  # several splits and none is `train`: `lfw run` refuses it with the reason
+            return []
+    if _is_lf_dataset_dir(path) is not None:
+        return []
+    return [
+        row for f in sorted(path.iterdir()) if f.is_file() and f.suffix.lower() in FILE_TYPES for row in _head_rows(f)
+    ]
+
+
+def _first_rows(records: Iterable[_Rec]) -> list[Any]:
+    rows = []
+    for rec in records:
+        if rec.ok:
+            rows.append(rec.value)
+        if rec.index >= SAMPLE_ROWS:
+            break
+    return rows
 
 
 def _saved_split_files(folder: Path) -> list[Path]:
@@ -1186,6 +1337,49 @@ class _Sample:
     tools: str
     prompt: list[tuple[str, str]]
     variants: list[list[tuple[str, str]]]
+    label: bool | None = None  # a KTO row's desirability
+
+
+def _aligned(path: Path, rec: _Rec, sample: _Sample, fmt: DataFormat, media_dir: Path) -> Sample:
+    """A checked row in LLaMA-Factory's aligned columns (the mapping is documented on `Sample`)."""
+    row = rec.value
+
+    def messages(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in pairs]
+
+    response = [m for variant in sample.variants for m in messages(variant)]
+    if sample.label is not None:
+        empty = {"role": "assistant", "content": ""}
+        response = response + [empty] if sample.label else [empty, *response]
+    system, tools = sample.system, sample.tools
+    if fmt.formatting == "openai":  # OpenAIDatasetConverter's own edit of the system prompt
+        if not system:
+            system = "" if tools else "detailed thinking off"
+        elif tools:
+            system += "\n"
+        elif "detailed thinking on" not in system and "detailed thinking off" not in system:
+            system += "\ndetailed thinking off"
+    media = {
+        kind: _find_medias(row.get(fmt.columns[kind]) if fmt.columns.get(kind) else None, media_dir) for kind in MEDIA
+    }
+    return Sample(path, rec.index, messages(sample.prompt), response, system, tools, **media)
+
+
+def _find_medias(value: Any, media_dir: Path) -> list[Any] | None:
+    """LLaMA-Factory's DatasetConverter._find_medias: a list, media_dir joined where that file exists."""
+    if value is None or value == []:
+        return None
+    items = list(value) if isinstance(value, list) else [value]
+
+    def find(item: str) -> str:
+        joined = os.path.join(media_dir, item)
+        return joined if os.path.isfile(joined) else item
+
+    if isinstance(items[0], str):
+        return [find(item) for item in items]
+    if isinstance(items[0], list):  # video frames
+        return [[find(frame) for frame in frames] for frames in items]
+    return items
 
 
 def _check_records(
@@ -1207,8 +1401,6 @@ def _check_records(
         if len(head) >= SAMPLE_ROWS:
             break
     fmt = _resolve_format([r.value for r in head if r.ok], opts, fixed, sink)
-    if fmt is not None and fixed is not None:
-        _check_unregistered(head, fmt, sink)
     checker = _RowChecker(name, fmt, media_dir, sink)
     lengths = _Lengths(opts, sink) if opts.tokenizer is not None else None
     rows = 0
@@ -1218,6 +1410,10 @@ def _check_records(
             sample = checker.check(rec)
             if sample is not None and lengths is not None:
                 lengths.add(rec, sample)
+            if sample is not None and opts.samples is not None:
+                opts.samples.append(_aligned(path, rec, sample, fmt, media_dir))  # type: ignore[arg-type]
+    if fmt is not None:
+        _check_columns(checker.first_seen, fmt, fixed is not None, sink)
     if rows == 0 and not sink.error_count:
         sink.add("error", "empty-dataset", "no rows", "the file has no data rows")
     if lengths is not None:
@@ -1234,28 +1430,45 @@ def _chain(head: list[_Rec], rest: Iterator[_Rec]) -> Iterator[_Rec]:
     yield from rest
 
 
-def _check_unregistered(head: list[_Rec], fmt: DataFormat, sink: _Sink) -> None:
-    """Columns in the data but not in dataset_info.json are silently ignored by LLaMA-Factory."""
+def _check_columns(first_seen: dict[str, int], fmt: DataFormat, registered: bool, sink: _Sink) -> None:
+    """Columns as LLaMA-Factory uses them: a named column no row has is a KeyError; one it is not told of is
+    silently ignored. `registered`: the layout comes from the user's dataset_info.json, not from lfw."""
+    unread = ("query", "history") if fmt.style == "messages" else ()
+    for attr in OPTIONAL_COLUMNS:
+        key = fmt.columns.get(attr)
+        if key and key not in first_seen and attr not in unread:
+            sink.add(
+                "error",
+                "column-absent",
+                f"the {attr} column is {key!r}, but no row has {key!r}: LLaMA-Factory raises KeyError: {key!r}",
+                'give the entry a "columns" block naming only keys the rows have (without one, LLaMA-Factory '
+                "reads query from 'input')"
+                if registered
+                else f"remove {attr} from the dataset's columns, or name the key the rows use",
+            )
+    wanted = _present_columns(first_seen, fmt.style)
+    if registered:
+        aliases = {"label": "kto_tag", "chosen": "chosen", "rejected": "rejected", "kto_tag": "kto_tag"}
+        wanted |= {attr: key for key, attr in aliases.items() if key in first_seen}
     mapped = {v for v in fmt.columns.values() if v}
-    keys = {k for r in head if r.ok and isinstance(r.value, dict) for k in r.value}
-    for key in sorted(keys - mapped):
-        attr = {"image": "images", "video": "videos", "audio": "audios", "label": "kto_tag"}.get(key, key)
-        if attr in (
-            "system",
-            "history",
-            "tools",
-            "images",
-            "videos",
-            "audios",
-            "chosen",
-            "rejected",
-            "kto_tag",
-        ):
+    for attr, key in sorted(wanted.items(), key=lambda item: first_seen[item[1]]):
+        if fmt.columns.get(attr) or key in mapped:
+            continue
+        if registered:
             sink.add(
                 "warning",
                 "unregistered-column",
                 f"column {key!r} is in the data but not in dataset_info.json: LLaMA-Factory ignores it",
                 f'add "{attr}": "{key}" under "columns" (lfw registers detected columns for you)',
+            )
+        else:
+            sink.add(
+                "error",
+                "unregistered-column",
+                f"column {key!r} first appears in row {first_seen[key]}, after the first {SAMPLE_ROWS} rows that "
+                "lfw registers columns from: LLaMA-Factory would ignore it",
+                f"name it in the recipe's dataset: columns: {{{attr}: {key}}}",
+                row=first_seen[key],
             )
 
 
@@ -1382,7 +1595,8 @@ class _RowChecker:
     def __init__(self, name: str, fmt: DataFormat | None, media_dir: Path, sink: _Sink) -> None:
         self.name, self.fmt, self.media_dir, self.sink = name, fmt, media_dir, sink
         self.seen: dict[bytes, int] = {}
-        self.media_cache: dict[str, str] = {}
+        self.media_cache: dict[str, tuple[str, str | None]] = {}
+        self.first_seen: dict[str, int] = {}  # every key of the data -> first row that has it
         self.rec = _Rec(0, None, None)
 
     # -- problem helpers (the current row's location is implied)
@@ -1436,6 +1650,8 @@ class _RowChecker:
                 'each row must be an object like {"instruction": ..., "output": ...}',
             )
             return None
+        for key in row.keys() - self.first_seen.keys():
+            self.first_seen[str(key)] = rec.index
         self._duplicate(row)
         if self.fmt is None:
             return None
@@ -1514,9 +1730,9 @@ class _RowChecker:
         prompt.append(("user", user))
         system = self.opt_str(row, c.get("system"))
         if self.fmt.kto:  # type: ignore[union-attr]
-            self._kto_tag(row)
+            label = self._kto_tag(row)
             answer = self.req_str(row, c.get("response"), "the answer")
-            return _Sample(system, "", prompt, [[("assistant", answer or "")]])
+            return _Sample(system, "", prompt, [[("assistant", answer or "")]], label)
         if self.fmt.ranking:  # type: ignore[union-attr]
             chosen = self._pair_str(row, c.get("chosen"), "chosen")
             rejected = self._pair_str(row, c.get("rejected"), "rejected")
@@ -1551,16 +1767,18 @@ class _RowChecker:
                 "fix the pair or drop the row",
             )
 
-    def _kto_tag(self, row: dict) -> None:
+    def _kto_tag(self, row: dict) -> bool | None:
         key = self.fmt.columns.get("kto_tag")  # type: ignore[union-attr]
         value = row.get(key) if key else None
-        if not isinstance(value, bool):
-            got = "it is missing" if key not in row else f"got a {_type_name(value)} ({value!r})"[:80]
-            self.err(
-                "kto-tag",
-                f"kto tag {key!r} must be true or false; {got}",
-                "LLaMA-Factory drops KTO rows without a JSON boolean label",
-            )
+        if isinstance(value, bool):
+            return value
+        got = "it is missing" if key not in row else f"got a {_type_name(value)} ({value!r})"[:80]
+        self.err(
+            "kto-tag",
+            f"kto tag {key!r} must be true or false; {got}",
+            "LLaMA-Factory drops KTO rows without a JSON boolean label",
+        )
+        return None
 
     def _tools(self, row: dict) -> str:
         key = self.fmt.columns.get("tools")  # type: ignore[union-attr]
@@ -1671,8 +1889,8 @@ class _RowChecker:
             rejected = self._pair_message(row, c.get("rejected"), "rejected")
             if chosen is None or rejected is None:
                 return None
-            self._same_pair(chosen, rejected)
-            return _Sample(system, "", pairs, [[("assistant", chosen)], [("assistant", rejected)]])
+            self._same_pair(chosen[1], rejected[1])
+            return _Sample(system, "", pairs, [[chosen], [rejected]])
         if not turns:
             self.err(
                 "message-count",
@@ -1688,9 +1906,8 @@ class _RowChecker:
                 "add the answer or drop the last message",
             )
             return None
-        if fmt.kto:
-            self._kto_tag(row)
-        return _Sample(system, "", pairs[:-1], [pairs[-1:]])
+        label = self._kto_tag(row) if fmt.kto else None
+        return _Sample(system, "", pairs[:-1], [pairs[-1:]], label)
 
     def _parse_messages(self, key: str, msgs: list) -> list[tuple[int, str, str]] | None:
         fmt = self.fmt
@@ -1753,7 +1970,8 @@ class _RowChecker:
             out.append((j, role, content))
         return out
 
-    def _pair_message(self, row: dict, key: str | None, what: str) -> str | None:
+    def _pair_message(self, row: dict, key: str | None, what: str) -> tuple[str, str] | None:
+        """A sharegpt-style answer message as (role, content), the role as LLaMA-Factory maps it."""
         t = self.fmt.tags  # type: ignore[union-attr]
         role_tag, content_tag = t.get("role_tag") or "from", t.get("content_tag") or "value"
         if not key or key not in row or row[key] is None:
@@ -1797,7 +2015,7 @@ class _RowChecker:
                 "give both answers as non-empty text",
             )
             return None
-        return content
+        return ("assistant" if role == t.get("assistant_tag") else "function"), content
 
     def _media(self, row: dict, sample: _Sample) -> None:
         """`<image>` count == len(images) per answer variant (else LLaMA-Factory raises); files exist."""
@@ -1829,7 +2047,7 @@ class _RowChecker:
                     )
                     break
             for j, item in enumerate(items):
-                self._media_file(key, j, item)
+                self._media_file(kind, key, j, item)
 
     def _media_items(self, row: dict, key: str, kind: str) -> list | None:
         value = row.get(key)
@@ -1846,7 +2064,7 @@ class _RowChecker:
             return None
         return value
 
-    def _media_file(self, key: str, j: int, item: Any) -> None:
+    def _media_file(self, kind: str, key: str, j: int, item: Any) -> None:
         if isinstance(item, dict):
             if isinstance(item.get("bytes"), bytes | bytearray) and item["bytes"]:
                 return
@@ -1856,12 +2074,18 @@ class _RowChecker:
             if not isinstance(p, str) or not p:
                 self.err("wrong-type", f"{key}[{j}] is a {_type_name(p)}, expected a file path", "")
                 return
-            state = self._locate(p)
+            state, damage = self._locate(p, "images" if isinstance(item, list) else kind)
             if state == "missing":
                 self.err(
                     "media-missing",
                     f"{key}[{j}] {p!r} does not exist (looked in {self.media_dir.resolve()})",
                     "fix the path; relative paths are resolved against the data file's folder (media_dir)",
+                )
+            elif damage:
+                self.err(
+                    "media-corrupt",
+                    f"{key}[{j}] {p!r} {damage}: LLaMA-Factory fails on it when it loads the media",
+                    "replace the file with a valid one or drop the row",
                 )
             elif state == "cwd":
                 self.warn(
@@ -1870,30 +2094,71 @@ class _RowChecker:
                     f"make it relative to {self.media_dir} (LLaMA-Factory's media_dir) or absolute",
                 )
 
-    def _locate(self, p: str) -> str:
+    def _locate(self, p: str, kind: str) -> tuple[str, str | None]:
+        """Where a media path is (ok, cwd, missing, remote) and what is wrong with its content, cached per path."""
         if p.startswith(("http://", "https://", "s3://", "gs://", "data:")) or len(p) > 1024:
-            return "remote"  # URLs and inline base64 are loaded as they are
-        state = self.media_cache.get(p)
-        if state is None:
+            return "remote", None  # URLs and inline base64 are loaded as they are
+        found = self.media_cache.get(p)
+        if found is None:
             try:
-                if (self.media_dir / p).exists():
-                    state = "ok"
+                local = self.media_dir / p
+                if local.exists():
+                    found = ("ok", _media_damage(local, kind))
                 elif Path(p).exists():
-                    state = "ok" if Path(p).is_absolute() else "cwd"
+                    found = ("ok" if Path(p).is_absolute() else "cwd", _media_damage(Path(p), kind))
                 else:
-                    state = "missing"
+                    found = ("missing", None)
             except (OSError, ValueError):  # names with NUL bytes or too long for the filesystem
-                state = "missing"
-            self.media_cache[p] = state
-        return state
+                found = ("missing", None)
+            self.media_cache[p] = found
+        return found
+
+
+# Leading bytes of the image types LLaMA-Factory's PIL decodes; others are identified by PIL itself.
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _media_damage(path: Path, kind: str) -> str | None:
+    """Why a media file cannot be decoded, from its first bytes: cheap, and exact for the usual corruption
+    (an empty file, an HTML error page or text saved as .jpg). PIL is imported only for unusual image types."""
+    if path.is_dir():
+        return None  # LLaMA-Factory leaves a folder path as it is: the video reader's business
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(512)
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if not head:
+        return "is an empty file"
+    if kind == "images":
+        if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            return None
+        try:
+            from PIL import Image, UnidentifiedImageError  # lazy: only images without a common signature
+        except ImportError:
+            return None
+        try:
+            with Image.open(path):
+                return None
+        except (UnidentifiedImageError, OSError, ValueError):
+            return "is not an image (PIL cannot identify it)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:
+            return None  # binary: the audio/video container formats are too many to tell apart here
+        text = head[: err.start].decode("utf-8")  # the 512 bytes ended inside a character
+    if all(ch.isprintable() or ch.isspace() for ch in text):
+        return f"holds text, not {kind[:-1]} data"
+    return None
 
 
 def _merge_tool_messages(turns: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
-    """OpenAI layout: consecutive tool results form one observation turn (as LLaMA-Factory merges them)."""
+    """OpenAI layout: consecutive tool results form one observation turn, joined as LLaMA-Factory joins them."""
     out: list[tuple[int, str, str]] = []
     for j, role, content in turns:
         if role == "observation" and out and out[-1][1] == "observation":
-            out[-1] = (out[-1][0], role, out[-1][2] + "\n" + content)
+            out[-1] = (out[-1][0], role, out[-1][2] + "\n</tool_response>\n<tool_response>\n" + content)
         else:
             out.append((j, role, content))
     return out

@@ -19,6 +19,7 @@ import jinja2
 import yaml
 
 from lfw import __version__
+from lfw.datacheck import DataFormat, dataset_layout
 from lfw.errors import Problem, ProblemCollector, UserError
 from lfw.launch import Target, gradient_accumulation, precision_flags
 from lfw.lf_keys import KeySet, known_keys
@@ -51,6 +52,10 @@ class RenderedStage:
 class Rendering:
     files: list[RenderedFile]
     stages: list[RenderedStage]
+
+    def listing(self) -> str:
+        """Every file with a `# ==> name <==` line before it (what `lfw render` and `lfw run --dry-run` print)."""
+        return "".join(f"# ==> {item.name} <==\n{item.content}" for item in self.files)
 
     def write(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
@@ -86,10 +91,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _formats() -> dict[str, Any]:
-    return json.loads((resources.files("lfw") / "dataset_info" / "formats.json").read_text())
-
-
 def resolve_path(text: str, base_dir: Path) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else (base_dir / path).resolve()
@@ -102,14 +103,14 @@ def model_location(text: str, base_dir: Path) -> str:
     return str(local) if looks_local else text
 
 
-def _dataset_entry(spec: DatasetSpec, path: Path, formats: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"file_name": str(path)}
-    entry.update(json.loads(json.dumps(formats[spec.format])))
-    if spec.tags == "role_content":
-        entry["tags"] = dict(formats["role_content_tags"])
-    if spec.columns:
-        entry.setdefault("columns", {}).update(spec.columns)
-    return entry
+def _layout(spec: DatasetSpec, path: Path) -> DataFormat:
+    """The data's layout as `lfw data check` reads it: one source for what dataset_info.json registers."""
+    return dataset_layout(path, spec.format, columns=spec.columns, tags=spec.tags)
+
+
+def _dataset_entry(spec: DatasetSpec, path: Path) -> dict[str, Any]:
+    """Every LLaMA-Factory column the data has (system, history, tools, media, ...), under its real key."""
+    return _layout(spec, path).dataset_info_entry(str(path))
 
 
 def _dataset_name(spec: DatasetSpec, path: Path) -> str:
@@ -118,14 +119,17 @@ def _dataset_name(spec: DatasetSpec, path: Path) -> str:
 
 def build_dataset_info(loaded: LoadedRecipe) -> tuple[dict[str, Any], list[list[str]]]:
     """dataset_info.json for all stages, and each stage's dataset names; same data, same name."""
-    formats = _formats()
     info: dict[str, Any] = {}
     names_per_stage = []
     for index, stage in enumerate(loaded.recipe.stages):
         names = []
         for ds_index, spec in enumerate(stage.datasets):
             path = resolve_path(spec.path, loaded.base_dir)
-            entry = _dataset_entry(spec, path, formats)
+            try:
+                entry = _dataset_entry(spec, path)
+            except UserError as err:  # a column name LLaMA-Factory does not have
+                where = f"stages[{index}].datasets[{ds_index}]"
+                raise UserError([Problem(f"{where}.{p.where}", p.message, p.fix) for p in err.problems]) from None
             name = _dataset_name(spec, path)
             if name in info and info[name] != entry:
                 if spec.name:
@@ -152,8 +156,8 @@ def _media_dir(loaded: LoadedRecipe, stage_index: int) -> str | None:
     """LLaMA-Factory resolves image paths against one media_dir: the multimodal data's own folder."""
     folders = set()
     for spec in loaded.recipe.stages[stage_index].datasets:
-        if spec.format == "multimodal" or spec.media_dir:
-            data_path = resolve_path(spec.path, loaded.base_dir)
+        data_path = resolve_path(spec.path, loaded.base_dir)
+        if spec.format == "multimodal" or spec.media_dir or _layout(spec, data_path).media:
             folder = resolve_path(spec.media_dir, loaded.base_dir) if spec.media_dir else data_path.parent
             folders.add(str(folder))
     if len(folders) > 1:
