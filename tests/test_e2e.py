@@ -97,8 +97,12 @@ def test_two_process_torchrun(tiny, tmp_path, offline_env):
 
 @pytest.mark.slow
 def test_failed_stage_propagates_exit_code(tiny, tmp_path, offline_env):
+    """A failure only LLaMA-Factory sees (lfw checks config.json, not the weights): corrupt weights."""
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny["model"], broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
     recipe = tiny_recipe(tiny)
-    recipe["model"]["template"] = "no_such_template"
+    recipe["model"]["path"] = str(broken)
     code, run_dir = run_recipe(recipe, tmp_path)
     assert code not in (0, 2)
     data = manifest(run_dir)

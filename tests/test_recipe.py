@@ -124,3 +124,59 @@ def test_bundled_recipe_by_name():
     assert loaded.is_bundled and loaded.display_path == "recipes/qwen3_14b_qlora_4gpu.yml"
     with pytest.raises(UserError, match="recipe file not found"):
         load_recipe("recipes/nope.yml")
+
+
+def test_duplicate_keys_are_an_error_naming_file_line_and_key(write_recipe):
+    text = (
+        "name: t\nmodel: {path: m, template: chatml}\ntraining:\n  max_steps: 5\n"
+        "stages:\n  - stage: sft\n    datasets: [{path: d.json, format: alpaca}]\n"
+        "training:\n  learning_rate: 2.0e-5\n"
+    )
+    message = errors_of(write_recipe(text))
+    assert "recipe.yml:8 training: invalid YAML: duplicate key 'training' (first on line 3)" in message
+    assert "keep one 'training'" in message
+    nested = "name: t\nmodel:\n  path: m\n  template: chatml\n  path: n\nstages: []\n"
+    assert "recipe.yml:5 path: invalid YAML: duplicate key 'path' (first on line 3)" in errors_of(write_recipe(nested))
+
+
+def test_merge_keys_may_still_override(write_recipe):
+    text = (
+        "name: t\nbase: &base {path: Qwen/Qwen3-0.6B, template: chatml}\n"
+        "stages: [{stage: sft, datasets: [{path: d.json, format: alpaca}]}]\n"
+        "model:\n  <<: *base\n  template: qwen3_nothink\n"
+    )
+    with pytest.raises(UserError, match="base: unknown key"):  # the anchor holder is no recipe key; no duplicate
+        load_recipe(str(write_recipe(text)))
+
+
+def test_extends_resolves_each_files_paths_against_its_own_folder(tmp_path, write_recipe):
+    base_dir = tmp_path / "base"
+    (base_dir / "data").mkdir(parents=True)
+    (base_dir / "model").mkdir()
+    base = minimal_recipe(model={"path": "./model", "template": "qwen3_nothink"})
+    base["stages"][0]["datasets"][0].update(path="data/base.json", media_dir="data")
+    write_recipe(base, "base/base.yml")
+    child = write_recipe({"extends": "base/base.yml", "name": "child"}, "child.yml")
+    loaded = load_recipe(str(child))
+    assert loaded.recipe.model.path == str(base_dir / "model")
+    spec = loaded.recipe.stages[0].datasets[0]
+    assert spec.path == str(base_dir / "data" / "base.json") and spec.media_dir == str(base_dir / "data")
+    # The child's own paths stay relative to the child; hub ids stay hub ids.
+    override = {"extends": "base/base.yml", "model": {"path": "Qwen/Qwen3-0.6B"}}
+    override["stages"] = [{"stage": "sft", "datasets": [{"path": "mine.json", "format": "alpaca"}]}]
+    loaded = load_recipe(str(write_recipe(override, "child2.yml")))
+    assert loaded.recipe.model.path == "Qwen/Qwen3-0.6B"
+    assert loaded.recipe.stages[0].datasets[0].path == str(tmp_path / "mine.json")
+
+
+def test_extends_base_paths_reach_the_rendered_dataset_info(tmp_path, write_recipe):
+    import json
+
+    from lfw.launch import Target
+    from lfw.render import render
+
+    (tmp_path / "base").mkdir()
+    write_recipe(minimal_recipe(), "base/base.yml")
+    loaded = load_recipe(str(write_recipe({"extends": "base/base.yml", "name": "child"}, "child.yml")))
+    files = {f.name: f.content for f in render(loaded, Target("cpu", 1), tmp_path / "run").files}
+    assert json.loads(files["dataset_info.json"])["data"]["file_name"] == str(tmp_path / "base" / "data.json")

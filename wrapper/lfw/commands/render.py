@@ -40,7 +40,4 @@ def render(recipe: str, output: Path | None, gpus: int | None, overrides: tuple[
             click.echo(str(path))
         return
     run_dir = Path(loaded.recipe.output_dir) / loaded.recipe.name / "rendered"
-    rendering = render_files(loaded, target, run_dir)
-    for item in rendering.files:
-        click.echo(f"# ==> {item.name} <==")
-        click.echo(item.content, nl=False)
+    click.echo(render_files(loaded, target, run_dir).listing(), nl=False)
