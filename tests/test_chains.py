@@ -34,7 +34,8 @@ def test_lora_sft_then_dpo_under_zero3_resumes_one_adapter(tiny, tmp_path: Path,
     dpo_log = (run_dir / "logs" / "2-dpo.log").read_text(errors="replace")
     assert "Merged" not in dpo_log  # nothing merged: the SFT adapter itself keeps training
     assert f"Loaded adapter(s): {run_dir / '1-sft'}" in dpo_log
-    assert f"Created reference model from {tiny['model']}" in dpo_log  # base + SFT adapter, frozen
+    assert f"Created reference model from {tiny['model']}" in dpo_log
+    assert dpo_log.count(f"Loaded adapter(s): {run_dir / '1-sft'}") == 2  # the policy's, and the reference's
     dpo = yaml.safe_load((run_dir / "2-dpo.yaml").read_text())
     assert "create_new_adapter" not in dpo and dpo["ref_model_adapters"] == str(run_dir / "1-sft")
 

@@ -6,6 +6,7 @@ builds, which rows it loads) is exercised in test_oracle.py; these tests pin the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,10 @@ def test_text_only_template_on_image_data_is_refused(write_recipe):
     "key,bad,good,message",
     [
         ("neftune_noise_alpha", "abc", 5, "'abc' is a string; LLaMA-Factory expects a number"),
-        (
-            "optim",
-            "not_an_optimizer",
-            "adamw_torch_fused",
-            "'not_an_optimizer' is not one of LLaMA-Factory's 42 values",
-        ),
+        # typed str, choices only in metadata; LF silently falls back to random sampling on a typo
+        ("train_sampling_strategy", "sequentail", "sequential", "'sequentail' is not one of LLaMA-Factory's values"),
+        ("fp8_backend", "torchoa", "torchao", "'torchoa' is not one of LLaMA-Factory's values"),  # help-text choices
+        ("trackio_static_space_id", True, "me/space", "True is not one of LLaMA-Factory's values: False"),
         ("rope_scaling", "sideways", "yarn", "'sideways' is not one of LLaMA-Factory's values: linear, dynamic, yarn"),
         ("use_dora", "yes", True, "'yes' is a string; LLaMA-Factory expects true/false"),
     ],
@@ -96,8 +95,16 @@ def test_passthrough_values_are_checked_against_llamafactory_types(write_recipe,
 
 @pytest.mark.parametrize("key", ["deepspeed", "eval_dataset", "dataset", "output_dir", "bf16", "create_new_adapter"])
 def test_passthrough_cannot_set_what_lfw_owns(write_recipe, key):
-    with pytest.raises(UserError, match=f"llamafactory.{key}: lfw (cannot pass this key through|renders this key)"):
+    with pytest.raises(
+        UserError, match=f"llamafactory.{key}: lfw (cannot pass this key through|renders this key itself)"
+    ):
         load_recipe(str(write_recipe(minimal_recipe(llamafactory={key: "x"}))))
+
+
+def test_list_values_where_llamafactory_splits_them_and_eval_only_keys_refused(write_recipe):
+    load_recipe(str(write_recipe(minimal_recipe(llamafactory={"additional_target": ["embed_tokens", "lm_head"]}))))
+    with pytest.raises(UserError, match="llamafactory.batch_size: not an argument of LLaMA-Factory"):
+        load_recipe(str(write_recipe(minimal_recipe(llamafactory={"batch_size": 8}))))  # EvaluationArguments only
 
 
 def test_owned_keys_come_from_the_template():
@@ -169,7 +176,9 @@ def test_reference_free_losses_load_no_reference(write_recipe):
 def test_plan_and_render_agree_on_the_reference(write_recipe):
     """The planner counts a reference copy exactly when render makes LLaMA-Factory load one."""
     arch = preset_for("Qwen/Qwen3-4B")
-    for method, deepspeed in [("lora", "none"), ("qlora", "none"), ("lora", "z3"), ("full", "none")]:
+    cases = [("lora", "none"), ("qlora", "none"), ("qlora", "z3"), ("qlora", "z3_offload"), ("lora", "z3"),
+             ("full", "none")]  # fmt: skip
+    for method, deepspeed in cases:
         recipe = _dpo_recipe(method={"type": method}, hardware={"device": "cpu", "deepspeed": deepspeed})
         loaded = load_recipe(str(write_recipe(recipe)))
         models = stage_models(loaded.recipe, 1, "base", ["/RUN/1-sft"])
@@ -189,3 +198,42 @@ def test_eight_bit_base_under_zero3_is_refused_before_any_stage(write_recipe):
         load_recipe(str(write_recipe(recipe)))
     recipe["method"]["quantization"]["bits"] = 4
     load_recipe(str(write_recipe(recipe)))
+
+
+@pytest.mark.parametrize("deepspeed", ["none", "z3", "z3_offload"])
+def test_a_quantized_reference_is_planned_whole_on_each_gpu(deepspeed):
+    """LF's DPO trainer does not hand a 4-bit reference to DeepSpeed: ZeRO neither partitions nor offloads it."""
+    arch = preset_for("Qwen/Qwen3-14B")
+    inp = PlanInput(arch, method="qlora", quant_bits=4, deepspeed=deepspeed, world_size=4, stage="dpo", chained=True)
+    reference = next(c for c in estimate(inp).components if c.name == "reference model")
+    weights = estimate(PlanInput(arch, method="qlora", quant_bits=4)).components[0]
+    assert weights.name == "weights (frozen)" and reference.bytes > weights.bytes  # base + adapter, unsharded
+
+
+@pytest.mark.parametrize(
+    "model_config,passthrough,reason",
+    [
+        ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, {}, "a gptq-quantized base model"),
+        ({}, {"use_unsloth": True}, "Unsloth"),
+    ],
+)
+def test_other_single_adapter_bases_keep_training_one_adapter(
+    write_recipe, tmp_path, model_config, passthrough, reason
+):
+    """LF's is_mergeable is False for pre-quantized checkpoints and Unsloth too (model/adapter.py)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3", **model_config}))
+    recipe = _dpo_recipe(model={"path": str(model), "template": "qwen3_nothink"}, llamafactory=passthrough)
+    rendering = render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)
+    dpo = _stage(rendering, 1)
+    assert "create_new_adapter" not in dpo and dpo["ref_model_adapters"] == "/RUN/1-sft"
+    assert f"With {reason} LLaMA-Factory cannot merge" in rendering.files[-1].content
+
+
+def test_added_tokens_with_a_reference_copy_are_refused(write_recipe):
+    recipe = _dpo_recipe(method={"type": "qlora"}, llamafactory={"add_tokens": "<a>,<b>"})
+    with pytest.raises(UserError, match="llamafactory.add_tokens: LLaMA-Factory 0.9.5 crashes loading the reference"):
+        render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)
+    recipe["stages"][1]["pref_loss"] = "simpo"
+    render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)

@@ -156,7 +156,10 @@ def test_third_stage_stacks_every_earlier_adapter(write_recipe):
 
 
 def test_passthrough_cannot_shadow_rendered_keys(write_recipe):
-    with pytest.raises(UserError, match="llamafactory.learning_rate: lfw renders this key from the recipe"):
+    with pytest.raises(
+        UserError,
+        match="llamafactory.learning_rate: lfw renders this key itself\n    fix: set it with training.learning_rate",
+    ):
         load_recipe(str(write_recipe(minimal_recipe(llamafactory={"learning_rate": 1.0}))))
     extra = load_recipe(str(write_recipe(minimal_recipe(llamafactory={"neftune_noise_alpha": 5}))))
     assert stage_config(render(extra, Target("cpu", 1), RUN_DIR))["neftune_noise_alpha"] == 5

@@ -35,24 +35,65 @@ SECRET_KEYS = {
     "om_hub_token": "export the token in the environment instead",
 }
 
-# Passthrough keys lfw cannot honour as given, with the recipe's way to say it.
+# Passthrough keys lfw never writes but cannot honour either.
 REFUSED_PASSTHROUGH = {
     "eval_dataset": "lfw registers only the stages' datasets; hold out data with training.val_size",
-    "dataset": "list the data under stages[].datasets (lfw registers it in dataset_info.json)",
-    "dataset_dir": "lfw writes dataset_info.json into the run directory; list data under stages[].datasets",
-    "output_dir": "each run gets its own directory under the recipe's output_dir",
-    "deepspeed": "use hardware.deepspeed (none, z0, z2, z3, z3_offload): lfw also sets FORCE_TORCHRUN for it",
-    "bf16": "use training.precision", "fp16": "use training.precision", "pure_bf16": "use training.precision",
-    "use_cpu": "use hardware.device: cpu",
+    "pure_bf16": "use training.precision",
+}
+
+# Keys the train template writes, and the recipe field that sets each (keys missing here have none yet).
+RECIPE_FIELDS = {
+    "model_name_or_path": "model.path", "template": "model.template", "trust_remote_code": "model.trust_remote_code",
+    "flash_attn": "model.flash_attn", "finetuning_type": "method.type", "quantization_bit": "method.quantization.bits",
+    "quantization_method": "method.quantization.method", "lora_rank": "method.lora.rank",
+    "lora_alpha": "method.lora.alpha", "lora_dropout": "method.lora.dropout", "lora_target": "method.lora.target",
+    "freeze_trainable_layers": "method.freeze_trainable_layers", "stage": "stages[].stage",
+    "pref_beta": "stages[].pref_beta", "pref_loss": "stages[].pref_loss", "media_dir": "stages[].datasets[].media_dir",
+    "adapter_name_or_path": "stages (lfw chains each stage's adapters as LLaMA-Factory loads them)",
+    "create_new_adapter": "stages (lfw chains each stage's adapters as LLaMA-Factory loads them)",
+    "ref_model": "stages (lfw sets the reference each stage needs)",
+    "ref_model_adapters": "stages (lfw sets the reference each stage needs)",
+    "ref_model_quantization_bit": "stages (lfw sets the reference each stage needs)",
+    "cutoff_len": "training.cutoff_len", "max_samples": "training.max_samples", "packing": "training.packing",
+    "preprocessing_num_workers": "training.preprocessing_workers", "logging_steps": "training.logging_steps",
+    "save_steps": "training.save_steps", "plot_loss": "training.plot_loss",
+    "per_device_train_batch_size": "training.micro_batch_size",
+    "per_device_eval_batch_size": "training.micro_batch_size",
+    "gradient_accumulation_steps": "training.global_batch_size (accumulation is computed from it)",
+    "learning_rate": "training.learning_rate", "max_steps": "training.max_steps",
+    "num_train_epochs": "training.epochs", "lr_scheduler_type": "training.lr_scheduler",
+    "warmup_steps": "training.warmup_steps or training.warmup_ratio",
+    "warmup_ratio": "training.warmup_steps or training.warmup_ratio", "weight_decay": "training.weight_decay",
+    "max_grad_norm": "training.max_grad_norm", "seed": "training.seed", "val_size": "training.val_size",
+    "disable_gradient_checkpointing": "training.gradient_checkpointing",
+    "enable_liger_kernel": "training.liger_kernel", "eval_steps": "training.eval_steps",
+    "eval_strategy": "training.val_size (evaluation runs when data is held out)",
+    "bf16": "training.precision", "fp16": "training.precision", "use_cpu": "hardware.device",
+    "deepspeed": "hardware.deepspeed (lfw also sets FORCE_TORCHRUN for it)",
+    "use_swanlab": "tracking.swanlab", "swanlab_project": "tracking.swanlab.project",
+    "swanlab_run_name": "tracking.swanlab.experiment", "swanlab_mode": "tracking.swanlab.mode",
+    "swanlab_workspace": "tracking.swanlab.workspace",
+    "dataset": "stages[].datasets (lfw registers them in dataset_info.json)",
+    "dataset_dir": "stages[].datasets (lfw registers them in dataset_info.json)",
+    "output_dir": "output_dir (each run gets its own directory under it)",
 }  # fmt: skip
+
+# LF's own corrections to the dump: fields that `split_arg` also takes as a YAML list, and a str field whose
+# values only its help text names (an unknown fp8_backend silently becomes torchao).
+LIST_FIELDS = frozenset(
+    {"additional_target", "freeze_extra_modules", "freeze_trainable_modules", "oft_target", "galore_target",
+     "apollo_target", "interleave_probs", "lora_target"}
+)  # fmt: skip
+HELP_CHOICES = {"fp8_backend": ("auto", "torchao", "te", "msamp")}
 
 _DUMP_SCRIPT = """
 import dataclasses, enum, json, sys, types, typing
 import llamafactory, transformers
-import llamafactory.hparams as hp
+from llamafactory.hparams.parser import _TRAIN_ARGS
 from llamafactory.data.template import TEMPLATES
 
 def kinds(tp):
+    # (types any value of which goes, the enum or Literal values) of an annotation
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         names, choices = set(), []
@@ -65,10 +106,9 @@ def kinds(tp):
             choices += c or []
         return sorted(names), choices or None
     if origin is typing.Literal:
-        values = list(typing.get_args(tp))
-        return sorted({type(v).__name__ for v in values}), values
+        return [], list(typing.get_args(tp))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return ["str"], [m.value for m in tp]
+        return [], [m.value for m in tp]
     if origin in (list, tuple, set) or tp in (list, tuple, set):
         return ["list"], None
     if origin is dict or tp is dict:
@@ -78,14 +118,14 @@ def kinds(tp):
     return ["any"], None
 
 fields = {}
-for name in dir(hp):
-    cls = getattr(hp, name)
-    if isinstance(cls, type) and dataclasses.is_dataclass(cls) and name.endswith("Arguments"):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.init:
-                types_, choices = kinds(hints.get(f.name, typing.Any))
-                fields[f.name] = {"types": types_, "choices": choices}
+for cls in _TRAIN_ARGS:  # what `llamafactory-cli train` parses (not the eval-only arguments)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.init:
+            types_, choices = kinds(hints.get(f.name, typing.Any))
+            if not choices and f.metadata.get("choices"):  # argparse-style choices bind a plain str field
+                choices, types_ = f.metadata["choices"], [t for t in types_ if t == "null"]
+            fields[f.name] = {"types": types_, "choices": list(choices) if choices else None}
 templates = {
     name: [m for m in ("image", "video", "audio") if getattr(template.mm_plugin, m + "_token", None)]
     for name, template in sorted(TEMPLATES.items())
@@ -100,25 +140,25 @@ json.dump({"format": __FORMAT__, **versions, "fields": dict(sorted(fields.items(
 class FieldType:
     """One LLaMA-Factory argument: the value types its annotation allows and, for enums and Literals, the values."""
 
-    types: tuple[str, ...]  # of bool, int, float, str, list, dict, null, any
+    types: tuple[str, ...]  # any value of these goes: bool, int, float, str, list, dict, null, any
     choices: tuple[Any, ...] | None
 
     def problem(self, value: Any) -> str | None:
         """Why LLaMA-Factory would not take `value` as meant (None when it would)."""
-        if "any" in self.types:
+        if "any" in self.types or (value is None and "null" in self.types):
             return None
-        if value is None:
-            return None if "null" in self.types else "cannot be null"
-        if self.choices is not None and value in self.choices:
+        if (self.choices is not None and value in self.choices and type(value) in {type(c) for c in self.choices}) or (
+            value is not None and _matches(value, self.types)
+        ):
             return None
-        if self.choices is not None and not isinstance(value, bool | list | dict):
+        if self.choices is not None:
             if len(self.choices) <= 12:
                 return f"{value!r} is not one of LLaMA-Factory's values: {', '.join(map(str, self.choices))}"
             close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=3, cutoff=0.4)
             hint = f" (closest: {', '.join(close)})" if close else ""
             return f"{value!r} is not one of LLaMA-Factory's {len(self.choices)} values{hint}"
-        if _matches(value, self.types):
-            return None
+        if value is None:
+            return "cannot be null"
         return f"{value!r} is a {_type_name(value)}; LLaMA-Factory expects {' or '.join(_readable(self.types))}"
 
 
@@ -203,10 +243,13 @@ def _bundled_dir() -> Path:
 
 
 def _parse(data: dict, source: str) -> KeySet:
-    fields = {
-        name: FieldType(tuple(spec["types"]), tuple(spec["choices"]) if spec["choices"] is not None else None)
-        for name, spec in data["fields"].items()
-    }
+    fields = {}
+    for name, spec in data["fields"].items():
+        types = tuple(spec["types"]) + (("list",) if name in LIST_FIELDS else ())
+        choices = tuple(spec["choices"]) if spec["choices"] is not None else None
+        if name in HELP_CHOICES:
+            types, choices = tuple(t for t in types if t == "null"), HELP_CHOICES[name]
+        fields[name] = FieldType(types, choices)
     templates = {name: tuple(media) for name, media in data["templates"].items()}
     return KeySet(fields, templates, data["llamafactory"], data["transformers"], source)
 
@@ -257,10 +300,9 @@ def known_keys() -> KeySet:
 
 
 def rendered_keys() -> frozenset[str]:
-    """Every key lfw's train template can write: lfw owns these, so a passthrough may not set them."""
+    """Every key lfw's train template can write (the `{{ key }}:` lines name theirs in RECIPE_FIELDS)."""
     text = (resources.files("lfw") / "templates" / "train.yaml.j2").read_text()
-    keys = set(re.findall(r"^([a-z_0-9]+):", text, flags=re.MULTILINE))
-    return frozenset(keys | {"warmup_steps", "warmup_ratio", "bf16", "fp16", "use_cpu"})
+    return frozenset(re.findall(r"^([a-z_0-9]+):", text, flags=re.MULTILINE)) | frozenset(RECIPE_FIELDS)
 
 
 def check_passthrough(raw: dict) -> list[tuple[str, str, str]]:
@@ -274,8 +316,9 @@ def check_passthrough(raw: dict) -> list[tuple[str, str, str]]:
         elif key in REFUSED_PASSTHROUGH:
             found.append((key, "lfw cannot pass this key through", REFUSED_PASSTHROUGH[key]))
         elif key in owned:
-            found.append((key, "lfw renders this key from the recipe", "set it through the recipe's own field "
-                          "(see `lfw recipes --fields`)"))  # fmt: skip
+            field = RECIPE_FIELDS.get(key)
+            fix = f"set it with {field}" if field else "no recipe field sets it yet; lfw chose its value for you"
+            found.append((key, "lfw renders this key itself", fix))
         elif keys is not None and key not in keys:
             close = difflib.get_close_matches(key, sorted(keys.keys), n=1)
             fix = f"did you mean {close[0]!r}?" if close else "see `lfw lf train --help` for valid keys"

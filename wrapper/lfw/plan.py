@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from lfw.model_arch import LINEAR_NAMES, ModelArch
-from lfw.stage_models import reference_kind
+from lfw.stage_models import reference_kind, single_adapter_reason
 
 GIB = 1024**3
 MIB = 1024**2
@@ -69,7 +69,8 @@ class PlanInput:
     @property
     def reference(self) -> str:
         """none, policy (adapters off, no copy) or copy: what LLaMA-Factory builds, as render writes it."""
-        return reference_kind(self.method, self.quant_bits, self.deepspeed, self.stage, self.pref_loss, self.chained)
+        single = single_adapter_reason(self.method, self.quant_bits, self.deepspeed) is not None
+        return reference_kind(self.stage, self.pref_loss, self.method, self.chained, single)
 
     @property
     def sequences(self) -> int:
@@ -286,8 +287,13 @@ def estimate(inp: PlanInput) -> Estimate:
             ref_note = ("4-bit" if bits == 4 else "8-bit" if bits == 8 else "bf16") + " base + adapter, frozen"
         else:
             ref, ref_note = arch.params * half, "bf16 copy of the weights, frozen"
-        ref = 0.0 if offload else ref / (n if zero3 else 1)
-        comps.append(Component("reference model", ref, ref_note + (", offloaded" if offload else "")))
+        if bits:  # LF's DPO trainer leaves a quantized reference out of DeepSpeed: whole on every GPU
+            comps.append(Component("reference model", ref, ref_note + ", whole on each GPU (not partitioned)"))
+        elif offload:
+            cpu += ref
+            comps.append(Component("reference model", 0.0, ref_note + ", offloaded"))
+        else:
+            comps.append(Component("reference model", ref / (n if zero3 else 1), ref_note))
     elif inp.reference == "policy":
         comps.append(Component("reference model", 0.0, "the policy with its adapter disabled (no copy)"))
 

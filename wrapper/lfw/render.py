@@ -23,6 +23,7 @@ from lfw.datacheck import DataFormat, dataset_layout
 from lfw.errors import Problem, ProblemCollector, UserError
 from lfw.launch import Target, gradient_accumulation, precision_flags
 from lfw.lf_keys import KeySet, known_keys
+from lfw.model_arch import read_config
 from lfw.recipe import DatasetSpec
 from lfw.recipe_loader import LoadedRecipe
 from lfw.stage_models import stage_models
@@ -282,6 +283,8 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
     stages = []
     earlier_outputs: list[Path] = []
     model_path = model_location(recipe.model.path, loaded.base_dir)
+    config = read_config(Path(model_path))  # a GPTQ/AWQ checkpoint holds one adapter only, like a 4-bit base
+    prequantized = ((config or {}).get("quantization_config") or {}).get("quant_method")
     for index, stage in enumerate(recipe.stages):
         where = f"stages[{index}].training" if stage.training else "training"
         training = recipe.stage_training(index)
@@ -296,7 +299,14 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
             continue
         stage_name = recipe.stage_dir_name(index)
         output_dir = run_dir / stage_name
-        models = stage_models(recipe, index, model_path, [str(p) for p in earlier_outputs])
+        models = stage_models(recipe, index, model_path, [str(p) for p in earlier_outputs], prequantized)
+        for key in ("add_tokens", "add_special_tokens"):
+            if models.reference == "copy" and key in recipe.llamafactory:
+                problems.add(  # ModelArguments.copyfrom re-splits the already split list: LF 0.9.5 crashes
+                    f"llamafactory.{key}",
+                    f"LLaMA-Factory 0.9.5 crashes loading the reference model of stage {stage_name} with {key}",
+                    "add the tokens to the tokenizer of the base model instead, or use a reference-free pref_loss",
+                )
         warmup_key, warmup_value = _warmup(training, keys)
         swanlab = recipe.tracking.swanlab
         context = {

@@ -18,7 +18,7 @@ Pure: no click, no torch, no Jinja.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from lfw.recipe import Recipe
@@ -47,10 +47,6 @@ class StageModels:
         """adapter_name_or_path as LLaMA-Factory reads it: merged ones first, the resumed one last."""
         return self.merged + ((self.resumed,) if self.resumed else ())
 
-    @property
-    def new_adapter(self) -> bool:
-        return self.finetuning_type == "lora" and self.resumed is None
-
     def describe_reference(self) -> str:
         if self.reference == "none":
             return "none (the loss needs no reference model)"
@@ -61,14 +57,25 @@ class StageModels:
         return f"a second, frozen {bits}copy of {self.base}{extra}"
 
 
-def single_adapter_reason(method: str, quant_bits: int | None, deepspeed: str) -> str | None:
-    """Why LLaMA-Factory can hold only one adapter in this run (None when adapters stack)."""
+def single_adapter_reason(
+    method: str,
+    quant_bits: int | None,
+    deepspeed: str,
+    prequantized: str | None = None,
+    passthrough: dict | None = None,
+) -> str | None:
+    """Why LLaMA-Factory can hold only one adapter in this run (None when adapters stack): model/adapter.py."""
     if method not in ("lora", "qlora"):
         return None
     if quant_bits:
         return f"a {quant_bits}-bit quantized base"
+    if prequantized:
+        return f"a {prequantized}-quantized base model"
     if deepspeed in ("z3", "z3_offload"):
         return "DeepSpeed ZeRO-3"
+    for key, what in (("use_unsloth", "Unsloth"), ("use_kt", "KTransformers")):
+        if (passthrough or {}).get(key):
+            return what
     return None
 
 
@@ -77,35 +84,38 @@ def uses_reference(stage: str, pref_loss: str | None) -> bool:
     return stage == "kto" or (stage == "dpo" and pref_loss not in ("orpo", "simpo"))
 
 
-def reference_kind(
-    method: str, quant_bits: int | None, deepspeed: str, stage: str, pref_loss: str | None, chained: bool
-) -> Reference:
+def reference_kind(stage: str, pref_loss: str | None, method: str, chained: bool, single_adapter: bool) -> Reference:
     """The reference LLaMA-Factory builds for a stage; `chained`: earlier stages trained before this one."""
     if not uses_reference(stage, pref_loss):
         return "none"
     if method not in ("lora", "qlora"):
         return "copy"
-    if chained and single_adapter_reason(method, quant_bits, deepspeed):
+    if chained and single_adapter:
         return "copy"  # the previous stage's model, loaded beside the adapter that keeps training
     return "policy"
 
 
-def stage_models(recipe: Recipe, index: int, model_path: str, earlier_outputs: list[str]) -> StageModels:
-    """The models of stage `index`, given the base model and the output folders of the stages before it."""
+def stage_models(
+    recipe: Recipe, index: int, model_path: str, earlier_outputs: list[str], prequantized: str | None = None
+) -> StageModels:
+    """The models of stage `index`, given the base model, the earlier stages' output folders and, for a base whose
+    config.json says it is already quantized (GPTQ, AWQ, ...), that method."""
     stage = recipe.stages[index]
     method = recipe.method.type
     bits = recipe.method.quantization.bits if recipe.method.quantization else None
-    deepspeed = recipe.hardware.deepspeed
-    reference = reference_kind(method, bits, deepspeed, stage.stage, stage.pref_loss, bool(earlier_outputs))
+    reason = single_adapter_reason(method, bits, recipe.hardware.deepspeed, prequantized, recipe.llamafactory)
+    reference = reference_kind(stage.stage, stage.pref_loss, method, bool(earlier_outputs), reason is not None)
     if method not in ("lora", "qlora"):
         base = earlier_outputs[-1] if earlier_outputs else model_path
-        return StageModels(base, method, None, (), None, None, reference)
-    reason = single_adapter_reason(method, bits, deepspeed)
+        return StageModels(base=base, finetuning_type=method, quant_bits=None, merged=(), resumed=None,
+                           single_adapter_reason=None, reference=reference)  # fmt: skip
+    common: dict[str, Any] = {"base": model_path, "finetuning_type": "lora", "quant_bits": bits, "single_adapter_reason": reason}
     if not earlier_outputs:
-        return StageModels(model_path, "lora", bits, (), None, reason, reference)
+        return StageModels(**common, merged=(), resumed=None, reference=reference)
     if reason is None:
-        return StageModels(model_path, "lora", bits, tuple(earlier_outputs), None, None, reference)
+        return StageModels(**common, merged=tuple(earlier_outputs), resumed=None, reference=reference)
     # One adapter only: it keeps training, and the previous stage's model is a separate frozen reference.
     previous = earlier_outputs[-1]
-    ref_adapters = (previous,) if reference == "copy" else ()
-    return StageModels(model_path, "lora", bits, (), previous, reason, reference, ref_adapters, bits)
+    copy = reference == "copy"
+    return StageModels(**common, merged=(), resumed=previous, reference=reference,
+                       ref_adapters=(previous,) if copy else (), ref_quant_bits=bits if copy else None)  # fmt: skip
