@@ -94,3 +94,16 @@ def tiny_recipe(tiny: dict[str, Path], **changes) -> dict:
     }
     recipe.update(changes)
     return recipe
+
+
+def bundled_targets():
+    """Each bundled recipe with the target it is meant for (the 14B one on 4 GPUs of unknown model)."""
+    from lfw.launch import Target
+    from lfw.recipe_loader import bundled_recipes_dir, load_recipe
+
+    for path in sorted(bundled_recipes_dir().glob("*.yml")):
+        hardware = load_recipe(str(path)).recipe.hardware
+        if hardware.device == "cpu":
+            yield path, Target("cpu", 1)
+        else:
+            yield path, Target("cuda", hardware.gpus if hardware.gpus != "auto" else 1)

@@ -109,7 +109,9 @@ def stage_models(
         base = earlier_outputs[-1] if earlier_outputs else model_path
         return StageModels(base=base, finetuning_type=method, quant_bits=None, merged=(), resumed=None,
                            single_adapter_reason=None, reference=reference)  # fmt: skip
-    common: dict[str, Any] = {"base": model_path, "finetuning_type": "lora", "quant_bits": bits, "single_adapter_reason": reason}
+    common: dict[str, Any] = {
+        "base": model_path, "finetuning_type": "lora", "quant_bits": bits, "single_adapter_reason": reason
+    }  # fmt: skip
     if not earlier_outputs:
         return StageModels(**common, merged=(), resumed=None, reference=reference)
     if reason is None:
