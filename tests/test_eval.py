@@ -23,7 +23,8 @@ from conftest import tiny_recipe
 from lfw.benchmarks import read_records, resolve
 from lfw.cli import main
 from lfw.errors import UserError
-from lfw.evaluate import parse_model
+from lfw.evaluate import load_benchmarks, parse_model, unique_names
+from lfw.serve import build_command, make_options
 
 REPO = Path(__file__).resolve().parents[1]
 MC_ROWS = [
@@ -151,6 +152,34 @@ def test_models_checked_before_anything_runs(tmp_path, tiny, runner):
     assert result.exit_code == 2 and "no config.json" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["eval", str(tiny["model"]), "--bench", bench, "--shuffle"])
     assert result.exit_code == 2 and "--limit" in result.output
+
+
+def test_repeated_labels_become_distinct_folders(tmp_path):
+    """['a', 'a', 'a-2'] once became ['a', 'a-2', 'a-2']: two models (or benchmarks) wrote one folder."""
+    assert unique_names(["a", "a", "a-2"]) == ["a", "a-3", "a-2"]
+    assert unique_names(["a-2", "a", "a", "A"]) == ["a-2", "a", "a-3", "A-4"]  # case-insensitive filesystems
+    path = write_containers(tmp_path, MC_ROWS)["jsonl"]
+    benches = load_benchmarks([f"a={path}", f"a={path}", f"a-2={path}"], None)
+    assert [b.name for b in benches] == ["a", "a-3", "a-2"]
+
+
+@pytest.mark.slow
+def test_eval_prompts_the_model_as_lfw_serve_does(tmp_path, tiny, offline_env, capsys):
+    """An export's lineage.json says which chat-template arguments render the training prompt: lfw serve makes
+    them vLLM's defaults, and lfw eval must render its prompts with the same ones (--thinking still wins)."""
+    export = tmp_path / "export"
+    shutil.copytree(tiny["model"], export)
+    lineage = {"chat_template_kwargs": {"enable_thinking": False}, "chat_template": {"matches_training": True}}
+    (export / "lineage.json").write_text(json.dumps(lineage))
+    served = build_command("python", make_options(str(export)))
+    served_kwargs = json.loads(served[served.index("--default-chat-template-kwargs") + 1])
+    args = ["--backend", "hf", "--bench", str(tiny["sft_alpaca"]), "--limit", "1", "--max-new-tokens", "1"]
+    assert main(["eval", f"m={export}", *args, "-o", str(tmp_path / "out")]) == 0
+    assert summary(tmp_path / "out", "m")["chat_template_kwargs"] == served_kwargs == {"enable_thinking": False}
+    assert samples(tmp_path / "out", "m")[0]["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert main(["eval", f"m={export}", *args, "--thinking", "-o", str(tmp_path / "thinking")]) == 0
+    assert summary(tmp_path / "thinking", "m")["chat_template_kwargs"] == {"enable_thinking": True}
+    assert samples(tmp_path / "thinking", "m")[0]["prompt"].endswith("<|im_start|>assistant\n")
 
 
 def test_worker_renders_prompts_with_the_model_template(tiny):

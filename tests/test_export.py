@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -240,23 +241,77 @@ out = pathlib.Path(sys.argv[-1].split("=", 1)[1])
 """
 
 
-def test_force_replaces_only_after_the_new_export_is_complete(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_export_cli(tmp_path, monkeypatch) -> None:
     """A stand-in llamafactory-cli: checks lfw's folder handling (staging, --force, cleanup) in milliseconds."""
-    run_dir = fake_run(tmp_path, [])
     cli = tmp_path / "llamafactory-cli"
     cli.write_text(FAKE_EXPORT_CLI.format(python=sys.executable))
     cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("LFW_LLAMAFACTORY_CLI", str(cli))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes: what must survive a refused export untouched."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_force_replaces_only_after_the_new_export_is_complete(tmp_path, fake_export_cli):
+    run_dir = fake_run(tmp_path, [])
     first = export(plan_from_run(run_dir), verify=False)
     target = run_dir / "export"
     assert json.loads((target / "tokenizer_config.json").read_text()) == {"eos_token": "x"}
     assert first["export"]["stripped_local_files_only"] == ["tokenizer_config.json"]
+    assert first["export"]["files"] == sorted(p.name for p in target.iterdir())  # lineage lists what it wrote
     with pytest.raises(UserError, match="--force"):
         export(plan_from_run(run_dir), verify=False)
-    (target / "marker").write_text("old")
+    (target / "config.json").write_text("old")
     second = export(plan_from_run(run_dir), verify=False, force=True)
-    assert not (target / "marker").exists() and second["created"] >= first["created"]
+    assert (target / "config.json").read_text() == "{}" and second["created"] >= first["created"]
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+    # An export is lfw's to replace, but not while it is the base this merge reads.
+    with pytest.raises(UserError, match="holds a model this export reads"):
+        export(plan_from_run(run_dir, base=str(target)), verify=False, force=True)
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("run", "is an lfw run directory"),  # -o RUN
+        ("run/1-sft", "holds a training stage's output"),  # -o RUN/1-sft: the SFT adapter
+        ("mine", "is not a folder lfw export wrote"),  # a user's folder
+        ("run/export", "holds files lfw export did not write \\(notes.txt\\)"),  # an export a user added to
+    ],
+)
+def test_force_never_replaces_what_lfw_export_did_not_write(tmp_path, fake_export_cli, capsys, where, reason):
+    run_dir = fake_run(tmp_path, [])
+    assert main(["export", str(run_dir), "--no-verify"]) == 0
+    (run_dir / "export" / "notes.txt").write_text("the user's notes")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--no-verify", "-o", str(tmp_path / where), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / where}: " in err and re.search(reason, err) and "-o" in err and "Traceback" not in err
+    assert tree(tmp_path) == before  # every byte still there, and no staging folder left behind
+
+
+def test_force_never_replaces_a_stage_exported_in_place(tmp_path, fake_export_cli):
+    """A full run's stage folder carries lineage.json after an in-place export, but it is no export folder."""
+    run_dir = fake_run(tmp_path, ["method.type=full"])
+    for stage in ("1-sft", "2-dpo"):  # a full stage's output is a model, not an adapter
+        (run_dir / stage / "adapter_config.json").unlink()
+        (run_dir / stage / "config.json").write_text("{}")
+    export(plan_from_run(run_dir, stage="1-sft"), verify=False)
+    assert json.loads((run_dir / "1-sft" / LINEAGE).read_text())["export"]["files"] is None
+    before = tree(run_dir)
+    with pytest.raises(UserError, match="not a folder lfw export wrote"):
+        export(plan_from_run(run_dir, output=run_dir / "1-sft"), verify=False, force=True)
+    assert tree(run_dir) == before
+    # A copy of the last stage into a folder of its own can be replaced, and is.
+    copy = export(plan_from_run(run_dir, output=tmp_path / "full"), verify=False)
+    assert "config.json" in copy["export"]["files"]
+    export(plan_from_run(run_dir, output=tmp_path / "full"), verify=False, force=True)
 
 
 def test_strip_machine_keys_leaves_other_files_alone(tmp_path):

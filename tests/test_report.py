@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,40 @@ def test_report_errors_are_clear(tmp_path, runner):
     assert result.exit_code == 2 and "no run (manifest.json) and no evaluation" in result.output
     assert "Traceback" not in result.output
     assert runner.invoke(cli, ["report", str(tmp_path / "missing")]).exit_code == 2
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_report_replaces_only_an_earlier_lfw_report_and_all_of_it(tmp_path, capsys):
+    first, second = fake_run(tmp_path, "first"), fake_run(tmp_path, "second")
+    out = tmp_path / "report"
+    build_report([first, second], out)
+    assert (out / "loss_second_20250101-000000.png").is_file()
+    build_report([first], out)  # the same folder again, one run fewer
+    assert sorted(p.name for p in out.iterdir()) == [".lfw-report.json", "loss_first_20250101-000000.png", "report.md"]
+    assert "second/" not in (out / "report.md").read_text()  # no stale image or table left looking current
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+    mine = tmp_path / "mine"  # a folder lfw did not write
+    mine.mkdir()
+    (mine / "report.md").write_text("my own notes")
+    (out / "notes.txt").write_text("added to the report by hand")
+    edited = tmp_path / "edited"
+    build_report([first], edited)
+    (edited / "report.md").write_text("edited by hand")
+    before = tree(tmp_path)
+    capsys.readouterr()
+    for folder, reason in (
+        (mine, "already holds files lfw report did not write"),
+        (out, "holds files lfw report did not write, or changed since it did \\(notes.txt\\)"),
+        (edited, "changed since it did \\(report.md\\)"),
+    ):
+        assert main(["report", str(first), "-o", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"-o {folder}: " in err and re.search(reason, err) and "Traceback" not in err
+    assert tree(tmp_path) == before  # every byte still there
 
 
 @pytest.mark.slow

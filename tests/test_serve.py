@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -159,6 +162,8 @@ def test_real_vllm_server_serves_the_export_and_leaves_nothing_behind(tmp_path_f
 FAKE_SERVER = """\
 #!{python}
 import subprocess, sys, time
+if sys.argv[1:2] == ["-c"]:  # lfw's "can this Python import vllm" probe
+    sys.exit(0)
 print("fake vLLM starting", flush=True)
 if {hang}:
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # an engine-like child
@@ -191,3 +196,62 @@ def test_a_busy_port_is_refused_before_starting(tmp_path):
         options = make_options(str(model_dir(tmp_path)), port=busy.getsockname()[1])
         with pytest.raises(UserError, match="already in use"):
             VLLMServer(options, sys.executable, tmp_path / "log").start()
+
+
+def fake_vllm(tmp_path: Path) -> Path:
+    """A 'vLLM Python' whose server dies at once, printing a line to its log."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_SERVER.format(python=sys.executable, hang=False))
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.fixture
+def keep_signals():
+    """`lfw serve` turns SIGTERM/SIGHUP into Ctrl-C for itself; give the test process its handlers back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_default_log_is_a_new_private_file_not_the_temp_folder(tmp_path, monkeypatch, capsys, keep_signals):
+    """The old default, /tmp/lfw-serve-PORT.log opened "wb", followed a link anyone could plant there."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    port = free_port()
+    victim = tmp_path / "victim"
+    victim.write_text("someone's file")
+    planted = Path(tempfile.gettempdir()) / f"lfw-serve-{port}.log"
+    planted.symlink_to(victim)
+    try:
+        args = ["serve", str(model_dir(tmp_path)), "--port", str(port), "--vllm-python", str(fake_vllm(tmp_path))]
+        assert main([*args, "--timeout", "5"]) == 2
+    finally:
+        planted.unlink()
+    assert victim.read_text() == "someone's file"
+    folder = tmp_path / "state" / "lfw" / "serve"
+    (log,) = folder.iterdir()
+    assert log.name.startswith(f"serve-{port}-") and "boom: unsupported model" in log.read_text()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert str(log) in capsys.readouterr().out.replace("\n", "")  # printed (rich wraps long lines)
+    assert main([*args, "--timeout", "5"]) == 2
+    assert len(list(folder.iterdir())) == 2  # a second start gets a file of its own
+
+
+def test_log_is_appended_never_truncated_or_written_through_a_link(tmp_path):
+    fake = fake_vllm(tmp_path)
+    options = make_options(str(model_dir(tmp_path)), port=free_port())
+    victim = tmp_path / "victim"
+    victim.write_text("someone's file")
+    link = tmp_path / "server.log"
+    link.symlink_to(victim)
+    with pytest.raises(UserError, match="server.log: is a symbolic link"):
+        VLLMServer(options, str(fake), link).start()
+    assert victim.read_text() == "someone's file"
+    log = tmp_path / "mine.log"
+    log.write_text("an earlier run\n")
+    server = VLLMServer(options, str(fake), log)
+    server.start()
+    with pytest.raises(UserError, match="boom"):
+        server.wait_ready(timeout=5)
+    assert log.read_text().startswith("an earlier run\n$ ")

@@ -38,6 +38,7 @@ from rich.table import Table
 from lfw import __version__
 from lfw.benchmarks import Benchmark, Output, resolve, subset
 from lfw.errors import UserError
+from lfw.serve import chat_template_settings, read_lineage
 
 SUMMARY = "summary.json"
 SAMPLES = "samples.jsonl"
@@ -60,7 +61,7 @@ class EvalOptions:
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
     enforce_eager: bool = True
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # --thinking: over each model's lineage
     vllm_python: str | None = None
     bench_dir: str | None = None
 
@@ -69,6 +70,8 @@ class EvalOptions:
 class ModelSpec:
     label: str
     path: str
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # lineage.json's, as lfw serve uses
+    notes: list[str] = field(default_factory=list)
 
 
 def _label(text: str) -> str:
@@ -106,22 +109,33 @@ def parse_model(spec: str, adapter: str | None) -> ModelSpec:
         label = local.name if looks_local else path.replace("/", "--")
         if adapter:
             label += "+" + adapter_label(Path(adapter))
-    return ModelSpec(_label(label), str(local.resolve()) if looks_local else path)
+    if not looks_local:
+        return ModelSpec(_label(label), path)
+    kwargs, notes = chat_template_settings(read_lineage(local))
+    return ModelSpec(_label(label), str(local.resolve()), kwargs, notes)
 
 
-def _unique(names: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Names made distinct (each one a result folder): a repeat takes the first free -2, -3, ... that no
+    other given name already is, so ['a', 'a', 'a-2'] becomes ['a', 'a-3', 'a-2']. Case-insensitive, as
+    folders are on macOS and Windows."""
+    given = {name.casefold() for name in names}
+    used: set[str] = set()
     out = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+        candidate, number = name, 1
+        while candidate.casefold() in used or (number > 1 and candidate.casefold() in given):
+            number += 1
+            candidate = f"{name}-{number}"
+        used.add(candidate.casefold())
+        out.append(candidate)
     return out
 
 
 def load_benchmarks(specs: Sequence[str], bench_dir: str | None) -> list[Benchmark]:
     """Every benchmark, loaded and checked before any model is, so a typo costs no model load."""
     benches = [resolve(spec, bench_dir) for spec in specs]
-    for bench, name in zip(benches, _unique([b.name for b in benches]), strict=True):
+    for bench, name in zip(benches, unique_names([b.name for b in benches]), strict=True):
         bench.name = name
     return benches
 
@@ -269,7 +283,7 @@ def evaluate_model(
         "--tensor-parallel-size",
         str(options.tensor_parallel_size),
         "--chat-template-kwargs",
-        json.dumps(options.chat_template_kwargs),
+        json.dumps(model.chat_template_kwargs),
     ]
     if options.adapter:
         cmd += ["--adapter", str(Path(options.adapter).resolve())]
@@ -341,7 +355,7 @@ def evaluate_model(
         "limit": options.limit,
         "dtype": stats.get("dtype"),
         "chat_template": stats.get("chat_template"),
-        "chat_template_kwargs": options.chat_template_kwargs,
+        "chat_template_kwargs": model.chat_template_kwargs,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "load_seconds": stats.get("load_seconds"),
         "wall_seconds": round(wall, 2),
@@ -425,8 +439,14 @@ def evaluate(
     if options.adapter and not (Path(options.adapter) / "adapter_config.json").is_file():
         raise UserError(f"--adapter {options.adapter}: no adapter_config.json there (a PEFT/LoRA adapter folder)")
     models = [parse_model(spec, options.adapter) for spec in model_specs]
-    for model, label in zip(models, _unique([m.label for m in models]), strict=True):
+    for model, label in zip(models, unique_names([m.label for m in models]), strict=True):
+        if label != model.label:
+            model.notes.append(f"another model is labelled {model.label}: this one's results go to {label}")
         model.label = label
+        # --thinking/--no-thinking win over lineage.json, as -- --default-chat-template-kwargs does in lfw serve.
+        model.chat_template_kwargs = {**model.chat_template_kwargs, **options.chat_template_kwargs}
+        for note in model.notes:
+            console.print(f"[yellow]note:[/] {model.label}: {note}", highlight=False)
     benches = load_benchmarks(bench_specs, options.bench_dir)
     worker_python(options)  # a missing vLLM environment is reported before anything runs
     summaries = [evaluate_model(model, benches, options, console) for model in models]

@@ -15,8 +15,10 @@ Why each step is there:
   different template or thinking mode than training is the classic "worse after merge" bug.
 * ``lineage.json`` in the export says what went in (base, adapters in order, template, thinking mode,
   recipe hash, versions), so `lfw serve` and `lfw eval` can use the same template settings later.
-* Exports are written next to their destination and moved into place at the end: a failed or interrupted
-  export never leaves a half model behind, and an existing export is only replaced with ``--force``.
+* Exports are written into a new folder next to their destination and moved into place at the end: a
+  failed or interrupted export never leaves a half model behind. An existing export is only replaced with
+  ``--force``, and only when lineage.json shows lfw export wrote every file in it (never a run directory,
+  a stage or adapter folder, or a user's folder; see lfw.owned).
 
 Run as ``python -m lfw.export verify ...`` this module is also the verification worker (torch is imported
 only there, so importing it for the CLI stays cheap).
@@ -25,7 +27,6 @@ only there, so importing it for the CLI stays cheap).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from rich.console import Console
 
 from lfw import __version__
 from lfw.errors import Problem, UserError
+from lfw.owned import files_in, new_dir_beside, sha256_file, swap_in, unlisted
 
 LINEAGE = "lineage.json"
 CONFIG_NAME = "lfw_export.yaml"
@@ -350,14 +352,6 @@ def render_export_config(plan: ExportPlan, export_size: int = 5, export_device: 
 # --------------------------------------------------------------------------------------------- running
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
 def strip_machine_keys(model_dir: Path) -> list[str]:
     """Drop `local_files_only` from the exported tokenizer/processor configs; returns the files changed.
 
@@ -431,12 +425,17 @@ def _verify(model_dir: Path, plan: ExportPlan, console: Console, work: Path) -> 
 
 
 def _copy_model(source: Path, target: Path) -> None:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*_NOT_MODEL), symlinks=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*_NOT_MODEL), symlinks=True, dirs_exist_ok=True)
 
 
 def build_lineage(
-    plan: ExportPlan, verify: dict[str, Any] | None, seconds: float, stripped: list[str]
+    plan: ExportPlan,
+    verify: dict[str, Any] | None,
+    seconds: float,
+    stripped: list[str],
+    files: list[str] | None = None,
 ) -> dict[str, Any]:
+    """What went into the export; `files` lists what lfw wrote into a folder of its own (None: in place)."""
     from lfw.manifest import now, package_versions
 
     adapters = []
@@ -471,6 +470,7 @@ def build_lineage(
             "seconds": round(seconds, 1),
             "config": CONFIG_NAME if plan.kind == "lora" else None,
             "stripped_local_files_only": stripped,
+            "files": files,
         },
         "verify": {k: v for k, v in (verify or {}).items() if k != "chat_template"} if verify else None,
         "notes": plan.notes,
@@ -491,27 +491,21 @@ def export(
     if plan.in_place:
         if (final / LINEAGE).exists() and not force:
             raise UserError([Problem(str(final), "already exported (lineage.json exists)", "add --force to redo")])
-    elif final.exists() and (not final.is_dir() or any(final.iterdir())) and not force:
-        raise UserError(
-            [
-                Problem(
-                    str(final),
-                    "already exists; an export is never overwritten by default",
-                    "add --force to replace it, or choose another folder with -o",
-                )
-            ]
-        )
+    else:
+        check_replaceable(final, force)
+        inputs = [Path(p).expanduser().resolve() for p in (plan.base, *plan.adapters) if _is_local(p)]
+        if any(final == p or final in p.parents for p in inputs):
+            raise UserError(
+                [Problem(str(final), "holds a model this export reads (its base or an adapter)", "choose another -o")]
+            )
     if plan.kind == "lora":
         _check_unquantized(plan.base)
     for note in plan.notes:
         console.print(f"[yellow]warning:[/] {note}")
     started = time.monotonic()
-    staging = final if plan.in_place else final.with_name(f".{final.name}.partial")
-    if not plan.in_place and staging.exists():
-        shutil.rmtree(staging)  # a leftover of an interrupted export of ours
+    staging = final if plan.in_place else new_dir_beside(final, "partial")
     try:
         if plan.kind == "lora":
-            staging.mkdir(parents=True)
             config = staging / CONFIG_NAME
             config.write_text(render_export_config(plan, export_size=export_size), encoding="utf-8")
             from lfw.runner import llamafactory_cli
@@ -521,14 +515,14 @@ def export(
             console.print(f"merging {len(plan.adapters)} adapter(s) into {plan.base}")
             _run_logged(cmd, _subprocess_env(plan), staging / LOG_NAME, "export", console)
         elif not plan.in_place:
-            final.parent.mkdir(parents=True, exist_ok=True)
             _copy_model(Path(plan.base), staging)
         stripped = strip_machine_keys(staging)
         checked = _verify(staging, plan, console, staging) if verify else None
-        lineage = build_lineage(plan, checked, time.monotonic() - started, stripped)
+        files = None if plan.in_place else sorted([*files_in(staging), LINEAGE])
+        lineage = build_lineage(plan, checked, time.monotonic() - started, stripped, files)
         (staging / LINEAGE).write_text(json.dumps(lineage, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if not plan.in_place:
-            _move_into_place(staging, final)
+            swap_in(staging, final)
     except BaseException:
         if not plan.in_place and staging.exists():
             console.print(f"[yellow]export incomplete; its files are kept in {staging} for inspection[/]")
@@ -536,16 +530,61 @@ def export(
     return lineage
 
 
-def _move_into_place(staging: Path, final: Path) -> None:
-    """Replace `final` only once the new export is complete (the old one goes last)."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+def check_replaceable(final: Path, force: bool) -> None:
+    """An export goes to a new or empty folder; --force replaces only a folder that lfw export wrote.
+
+    That folder's lineage.json lists every file the export put there: a run directory, a stage or adapter
+    folder (exported in place or not), a folder holding anything else, or an export a user added files to
+    is never replaced.
+    """
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise UserError([Problem(str(final), "is a file, not an export folder", "choose a folder with -o")])
+    if not any(final.iterdir()):
+        return
+    if not force:
+        raise UserError(
+            [
+                Problem(
+                    str(final),
+                    "already exists; an export is never overwritten by default",
+                    "add --force to replace it, or choose another folder with -o",
+                )
+            ]
+        )
+    fix = "choose a new folder with -o (it is created), or move the folder away yourself"
+    if (final / "manifest.json").is_file():
+        raise UserError([Problem(str(final), "is an lfw run directory; lfw export never replaces it", fix)])
+    if any((final / name).is_file() for name in ("adapter_config.json", "trainer_state.json")):
+        raise UserError([Problem(str(final), "holds a training stage's output; lfw export never replaces it", fix)])
+    try:
+        files = json.loads((final / LINEAGE).read_text(encoding="utf-8"))["export"]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = None
+    if not isinstance(files, list):
+        raise UserError(
+            [
+                Problem(
+                    str(final),
+                    "is not a folder lfw export wrote (no lineage.json listing its files), so --force "
+                    "does not replace it",
+                    fix,
+                )
+            ]
+        )
+    extra = unlisted(final, files)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise UserError(
+            [
+                Problem(
+                    str(final),
+                    f"holds files lfw export did not write ({shown}), so --force does not replace it",
+                    "move those files out of the export, or choose a new folder with -o",
+                )
+            ]
+        )
 
 
 # --------------------------------------------------------------------------------------------- worker

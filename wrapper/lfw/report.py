@@ -9,12 +9,18 @@ Output folder: ``report.md`` with the tables and the images next to it (``scores
 metric, long format); the score table is also printed in the terminal. Models appear in the order given
 (inside one eval folder: in the order they were evaluated), and differences are against the first model
 (``--baseline`` picks another), so ``lfw report evals/base evals/sft evals/dpo`` reads base -> SFT -> DPO.
+
+The folder is written whole beside its place and then moved there. It may be new, empty, or an earlier lfw
+report (``.lfw-report.json`` lists its files and their hashes), which is then replaced completely, so no
+image of an earlier report is left looking current; a folder holding anything else, or a report file edited
+since, is refused.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +28,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lfw.errors import UserError
+from lfw.errors import Problem, UserError
+from lfw.owned import files_in, new_dir_beside, sha256_file, swap_in
 from lfw.progress import read_trainer_log
 
 __all__ = ["Inputs", "collect", "build_report"]
+
+MARKER = ".lfw-report.json"  # the files this report wrote, with their hashes
 
 
 @dataclass
@@ -363,8 +372,62 @@ def build_report(
 ) -> Path:
     """Collect, tabulate, plot and write ``out/report.md``; returns its path."""
     console = console or Console()
+    final = out.expanduser().resolve()
+    check_replaceable(final)
     inputs = collect(dirs)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = new_dir_beside(final, "partial")
+    try:
+        _write_report(inputs, dirs, staging, baseline, console)
+        written = {name: sha256_file(staging / name) for name in files_in(staging)}
+        record = json.dumps({"lfw_report": 1, "files": written}, indent=1) + "\n"
+        (staging / MARKER).write_text(record, encoding="utf-8")
+        swap_in(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the fresh folder made above, nothing else
+        raise
+    report = final / "report.md"
+    console.print(f"report: {report}")
+    return report
+
+
+def check_replaceable(out: Path) -> None:
+    """The report folder may be new, empty, or an earlier lfw report whose files are all as lfw wrote them."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError([Problem(f"-o {out}", "is a file, not a folder", "choose a folder with -o")])
+    if not any(out.iterdir()):
+        return
+    try:
+        written = json.loads((out / MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        written = None
+    if not isinstance(written, dict):
+        raise UserError(
+            [
+                Problem(
+                    f"-o {out}",
+                    "already holds files lfw report did not write; a report never replaces them",
+                    "choose a new folder with -o (it is created), or empty this one",
+                )
+            ]
+        )
+    foreign = [name for name in files_in(out) if name != MARKER and written.get(name) != sha256_file(out / name)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(
+            [
+                Problem(
+                    f"-o {out}",
+                    f"holds files lfw report did not write, or changed since it did ({shown})",
+                    "move them out of the folder, or choose a new folder with -o",
+                )
+            ]
+        )
+
+
+def _write_report(inputs: Inputs, dirs: list[str | Path], out: Path, baseline: str | None, console: Console) -> None:
+    """report.md, the CSVs and the PNGs into `out`; the tables also to the terminal."""
     lines = ["# lfw report", "", "Inputs: " + ", ".join(f"`{d}`" for d in dirs), ""]
     models = [s["model"] for s in inputs.evals]
 
@@ -397,10 +460,7 @@ def build_report(
                 lines += [f"![loss curves of {run.name}]({image})", ""]
         print_runs(runs, console)
 
-    report = out / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    console.print(f"report: {report}")
-    return report
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def _pivot_metrics(evals: list[dict[str, Any]]):

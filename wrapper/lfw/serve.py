@@ -12,6 +12,8 @@ Why it is built this way:
 * An export's ``lineage.json`` says which chat-template arguments reproduce the training prompt (e.g.
   ``enable_thinking: false``); they become vLLM's ``--default-chat-template-kwargs``, so requests are
   formatted as in training unless a request says otherwise.
+* The log goes to a new file in lfw's private folder (``~/.local/state/lfw/serve``, 0700), or is appended
+  to the ``--log`` file: never the shared temp folder, never through a symlink, never truncated.
 * "Ready" means more than ``/health``: ``/v1/models`` must list the model and a one-token completion must
   succeed, because vLLM reports healthy before its engine has run a single step (an unsupported model
   fails only on the first request).
@@ -22,13 +24,14 @@ and always stops its process group.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
 import signal
 import socket
+import stat
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lfw.errors import Problem, UserError
 from lfw.vllm_env import vllm_python, vllm_subprocess_env
@@ -119,17 +122,28 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any] | None, list[str]]:
     if not (path / "config.json").is_file():
         raise UserError([Problem(str(path), "has no config.json (not a transformers model folder)")])
     lineage = read_lineage(path)
+    return str(path), lineage, notes + chat_template_settings(lineage)[1]
+
+
+def chat_template_settings(lineage: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """The chat-template arguments that render the training prompt (from lfw export's lineage), and notes.
+
+    `lfw serve` makes them vLLM's defaults and `lfw eval` renders its prompts with them: both read them
+    here, so a model is evaluated with exactly the prompts it is served with.
+    """
     if lineage is None:
-        notes.append(
+        note = (
             "no lineage.json: the chat template and thinking mode are the tokenizer's own defaults "
             "(lfw export records the training template)"
         )
-    elif not (lineage.get("chat_template") or {}).get("matches_training", True):
+        return {}, [note]
+    notes = []
+    check = lineage.get("chat_template") or {}
+    if not check.get("matches_training", True):
         notes.append(
-            "lineage.json says the chat template does not match the training template: "
-            + str(lineage["chat_template"].get("problem", ""))
+            "lineage.json says the chat template does not match the training template: " + str(check.get("problem", ""))
         )
-    return str(path), lineage, notes
+    return dict(lineage.get("chat_template_kwargs") or {}), notes
 
 
 def make_options(model: str, **settings: Any) -> ServeOptions:
@@ -159,7 +173,7 @@ def build_command(python: str, options: ServeOptions) -> list[str]:
         cmd += ["--max-model-len", str(options.max_model_len)]
     if options.lineage and options.lineage.get("trust_remote_code"):
         cmd.append("--trust-remote-code")
-    kwargs = (options.lineage or {}).get("chat_template_kwargs") or {}
+    kwargs = chat_template_settings(options.lineage)[0]
     if kwargs and "--default-chat-template-kwargs" not in options.extra_args:
         cmd += ["--default-chat-template-kwargs", json.dumps(kwargs, sort_keys=True)]
     cmd += list(options.extra_args)
@@ -241,13 +255,60 @@ def group_members(pgid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            line = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = line[line.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
+
+
+def log_dir() -> Path:
+    """lfw's private folder for server logs, $XDG_STATE_HOME/lfw/serve (~/.local/state/lfw/serve), mode 0700.
+
+    Not the shared temp folder: there anyone can plant a file or a symlink under the name lfw would use.
+    """
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    path = Path(state) / "lfw" / "serve"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as err:
+        raise UserError([Problem(str(path), f"cannot create the log folder ({err})", "pass --log FILE")]) from err
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise UserError([Problem(str(path), "is not a folder of yours (a link, or another user's)", "pass --log FILE")])
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def new_log(port: int) -> Path:
+    """A log file created for this server alone: log_dir()/serve-PORT-STAMP.log, never an existing file."""
+    folder = log_dir()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    attempt = 1
+    while True:
+        path = folder / (f"serve-{port}-{stamp}.log" if attempt == 1 else f"serve-{port}-{stamp}-{attempt}.log")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            attempt += 1
+            continue
+        return path
+
+
+def open_log(path: Path) -> BinaryIO:
+    """Open a server log for appending: never truncated, never through a symlink, only a regular file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        reason = "is a symbolic link; lfw does not write through links" if err.errno == errno.ELOOP else str(err)
+        raise UserError([Problem(str(path), reason, "pass --log with a plain file path")]) from err
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError([Problem(str(path), "is not a regular file", "pass --log with a plain file path")])
+    return os.fdopen(fd, "ab")
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -295,7 +356,9 @@ class VLLMServer:
                 ]
             )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
+        with open_log(self.log_path) as log:
+            log.write(f"$ {shlex.join(self.command)}\n".encode())  # where one start ends in an appended log
+            log.flush()
             # A new session: the server's processes form their own group, which stop() signals as a whole,
             # and a Ctrl-C in the terminal reaches lfw only, which then stops the group in order.
             self.proc = subprocess.Popen(
@@ -427,7 +490,7 @@ def running_server(
 ) -> Iterator[VLLMServer]:
     """A ready vLLM server for the duration of a `with` block; its whole process group is stopped after.
 
-    `port=None` picks a free port. The log goes to `log_path` (default: a temporary file, kept for reading).
+    `port=None` picks a free port. The log goes to `log_path` (default: a new file from `new_log`).
     """
     options = make_options(
         str(model),
@@ -439,11 +502,7 @@ def running_server(
         served_model_name=served_model_name,
         extra_args=tuple(extra_args),
     )
-    if log_path is None:
-        handle, name = tempfile.mkstemp(prefix=f"lfw-vllm-{options.port}-", suffix=".log")
-        os.close(handle)
-        log_path = Path(name)
-    server = VLLMServer(options, vllm_python(vllm_python_path), log_path, env=env)
+    server = VLLMServer(options, vllm_python(vllm_python_path), log_path or new_log(options.port), env=env)
     server.start()
     try:
         server.wait_ready(timeout)

@@ -90,7 +90,8 @@ from lfw.errors import UserError
 @click.option(
     "--thinking/--no-thinking",
     default=None,
-    help="Pass enable_thinking to the chat template (default: the template's own default).",
+    help="Pass enable_thinking to the chat template (default: what an lfw export's lineage.json says, as "
+    "lfw serve does; else the template's own default).",
 )
 @click.option("--bench-dir", default=None, metavar="DIR", help="Where benchmark NAMEs are looked up.")
 def eval_command(

@@ -41,7 +41,11 @@ import click
     default=None,
     help="Export folder (default: RUN/export, or RUN/export-STAGE for an earlier stage).",
 )
-@click.option("--force", is_flag=True, help="Replace an existing export (it is kept until the new one is done).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an export lfw export wrote (kept until the new one is done); never a run, stage or other folder.",
+)
 @click.option("--no-verify", is_flag=True, help="Skip loading and generating with the export (large models).")
 @click.option(
     "--export-size",

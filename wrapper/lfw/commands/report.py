@@ -16,7 +16,7 @@ import click
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("report"),
     show_default=True,
-    help="Where report.md, the PNGs and the CSVs go.",
+    help="Where report.md, the PNGs and the CSVs go: a new or empty folder, or an earlier report (replaced whole).",
 )
 @click.option(
     "--baseline",
@@ -29,7 +29,8 @@ def report(dirs: tuple[str, ...], out: Path, baseline: str | None) -> None:
 
     Writes OUT/report.md with a benchmark x model table and differences against the first model, every
     metric, throughput, training losses, and next to it scores.png and one loss_<run>.png per run; prints
-    the tables. Models appear in the order of the DIRs.
+    the tables. Models appear in the order of the DIRs. OUT is written whole: an earlier lfw report there is
+    replaced (its old images too); a folder holding other files, or report files edited since, is refused.
 
     \b
     Example:

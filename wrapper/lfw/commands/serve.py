@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import signal
-import tempfile
 from pathlib import Path
 
 import click
@@ -37,7 +36,7 @@ from lfw.commands.options import vllm_python_option
     "log_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Server log file (default: a file in the temp folder, printed at start).",
+    help="Server log file, appended to (default: a new file in ~/.local/state/lfw/serve, printed at start).",
 )
 @click.option(
     "--timeout",
@@ -76,7 +75,7 @@ def serve(
     from rich.console import Console
 
     from lfw.errors import UserError
-    from lfw.serve import VLLMServer, build_command, build_env, describe_env, make_options
+    from lfw.serve import VLLMServer, build_command, build_env, describe_env, make_options, new_log
     from lfw.vllm_env import vllm_python as find_vllm_python
 
     console = Console()
@@ -109,9 +108,8 @@ def serve(
         console.print(shlex.join(build_command(python, options)), highlight=False, soft_wrap=True)
         return
 
-    if log_path is None:
-        log_path = Path(tempfile.gettempdir()) / f"lfw-serve-{port}.log"
-    server = VLLMServer(options, find_vllm_python(vllm_python), log_path)
+    server = VLLMServer(options, find_vllm_python(vllm_python), log_path or new_log(port))
+    log_path = server.log_path
 
     def _terminate(signum: int, frame: object) -> None:  # kill/SIGHUP of lfw: stop the server too
         raise KeyboardInterrupt
