@@ -23,7 +23,7 @@ from conftest import tiny_recipe
 from lfw.benchmarks import read_records, resolve
 from lfw.cli import main
 from lfw.errors import UserError
-from lfw.evaluate import load_benchmarks, parse_model, unique_names
+from lfw.evaluate import EVAL_FILES, SAMPLES, check_outputs_are_evals, load_benchmarks, parse_model, unique_names
 from lfw.serve import build_command, make_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +152,20 @@ def test_models_checked_before_anything_runs(tmp_path, tiny, runner):
     assert result.exit_code == 2 and "no config.json" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["eval", str(tiny["model"]), "--bench", bench, "--shuffle"])
     assert result.exit_code == 2 and "--limit" in result.output
+
+
+def test_eval_never_overwrites_a_folder_it_did_not_write(tmp_path, tiny, capsys):
+    out = tmp_path / "evals"
+    (out / "base").mkdir(parents=True)
+    (out / "base" / "notes.txt").write_text("mine")
+    (out / "base" / SAMPLES).write_text("old")
+    args = ["eval", f"base={tiny['model']}", "--bench", str(tiny["sft_alpaca"]), "--backend", "hf", "-o", str(out)]
+    assert main(args) == 2
+    assert "holds files lfw eval did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "base" / "notes.txt").read_text() == "mine" and (out / "base" / SAMPLES).read_text() == "old"
+    (out / "base" / "notes.txt").unlink()
+    check_outputs_are_evals(out, ["base", "new"])  # an earlier eval's own files, or a new folder: fine
+    assert set(EVAL_FILES) >= {SAMPLES, "summary.json", "worker.log"}
 
 
 def test_repeated_labels_become_distinct_folders(tmp_path):

@@ -37,11 +37,16 @@ from rich.table import Table
 
 from lfw import __version__
 from lfw.benchmarks import Benchmark, Output, resolve, subset
-from lfw.errors import UserError
+from lfw.errors import Problem, UserError
+from lfw.owned import unlisted
 from lfw.serve import chat_template_settings, read_lineage
 
 SUMMARY = "summary.json"
 SAMPLES = "samples.jsonl"
+# Every file an eval writes into OUT/<label>/: a folder holding anything else is not lfw's to overwrite.
+EVAL_FILES = (
+    SUMMARY, SAMPLES, "summary.csv", "requests.jsonl", "predictions.jsonl", "worker.json", "worker.log"
+)  # fmt: skip
 PROGRESS = "lfw-progress"  # the worker's progress prefix (lfw.eval_worker.PROGRESS; not imported: stays light)
 
 
@@ -429,6 +434,22 @@ def print_summaries(summaries: Sequence[dict[str, Any]], console: Console) -> No
     console.print(table)
 
 
+def check_outputs_are_evals(out: Path, labels: Sequence[str]) -> None:
+    """Each OUT/<label> is new, or an earlier eval's folder (re-run over): never a folder with other files."""
+    problems = []
+    for label in labels:
+        folder = out / label
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            problems.append(Problem(str(folder), "exists and is not a folder", "choose another -o or label"))
+        elif folder.is_dir() and (others := unlisted(folder, EVAL_FILES)):
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            problems.append(
+                Problem(str(folder), f"holds files lfw eval did not write ({shown})", "choose another -o or label")
+            )
+    if problems:
+        raise UserError(problems, "lfw eval writes only into new folders or earlier eval results")
+
+
 def evaluate(
     model_specs: Sequence[str], bench_specs: Sequence[str], options: EvalOptions, console: Console | None = None
 ) -> list[dict[str, Any]]:
@@ -448,6 +469,7 @@ def evaluate(
         for note in model.notes:
             console.print(f"[yellow]note:[/] {model.label}: {note}", highlight=False)
     benches = load_benchmarks(bench_specs, options.bench_dir)
+    check_outputs_are_evals(options.out, [m.label for m in models])
     worker_python(options)  # a missing vLLM environment is reported before anything runs
     summaries = [evaluate_model(model, benches, options, console) for model in models]
     print_summaries(summaries, console)
