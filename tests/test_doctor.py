@@ -281,3 +281,13 @@ def test_doctor_command_exit_code_and_no_torch(write_recipe, tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
     assert "RC 1 []" in done.stdout, done.stdout + done.stderr
     assert "template matches the model" in done.stdout
+
+
+def test_text_only_template_on_image_data_fails(write_recipe, tmp_path) -> None:
+    """Render refuses it; doctor says the same instead of passing the recipe."""
+    stages = [{"stage": "sft", "datasets": [{"path": "mm.json", "format": "multimodal"}]}]
+    loaded = load(write_recipe, tmp_path, stages=stages)
+    check = by_name(check_recipe(loaded, versions()), "template in LLaMA-Factory")
+    assert check.status == FAIL and "text-only for images" in check.detail and "qwen2_vl" in check.fix
+    loaded = load(write_recipe, tmp_path, stages=stages, model={"path": "Qwen/Qwen2-VL-2B", "template": "qwen2_vl"})
+    assert by_name(check_recipe(loaded, versions()), "template in LLaMA-Factory").status == OK

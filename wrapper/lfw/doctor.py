@@ -241,6 +241,21 @@ def _first_rows_text(path: Path, rows: int = 50) -> str | None:
     return None
 
 
+def _template_registry_checks(loaded: object) -> list[Check]:
+    """The template exists in the installed LLaMA-Factory and its plugin reads the data's images/videos/audio."""
+    from lfw.errors import UserError
+    from lfw.render import template_problems
+
+    try:
+        problems = template_problems(loaded)  # type: ignore[arg-type]
+    except UserError as err:  # e.g. two datasets claiming one name: render reports it
+        problems = err.problems
+    if not problems:
+        name = loaded.recipe.model.template  # type: ignore[attr-defined]
+        return [Check("template in LLaMA-Factory", OK, f"{name}: registered, and reads the data's media")]
+    return [Check("template in LLaMA-Factory", FAIL, f"{p.where}: {p.message}", p.fix) for p in problems]
+
+
 def check_recipe(
     loaded: object,
     version_of: VersionOf = installed_version,
@@ -324,6 +339,7 @@ def check_recipe(
                 )
             )
     checks += _template_checks(template, (config or {}).get("model_type"), recipe.model.path)
+    checks += _template_registry_checks(loaded)
 
     if recipe.model.flash_attn == "fa2" and not version_of("flash-attn"):
         checks.append(

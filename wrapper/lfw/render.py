@@ -258,6 +258,14 @@ def _check_template(
                     )
 
 
+def template_problems(loaded: LoadedRecipe) -> list[Problem]:
+    """The template checks of `render` on their own (for `lfw doctor`): registered, and reads the data's media."""
+    info, names_per_stage = build_dataset_info(loaded)
+    problems = ProblemCollector()
+    _check_template(loaded, known_keys(), info, names_per_stage, problems)
+    return problems.problems
+
+
 def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
     """Render every file of a run whose directory will be `run_dir` (absolute paths point into it)."""
     recipe = loaded.recipe
