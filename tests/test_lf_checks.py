@@ -237,3 +237,16 @@ def test_added_tokens_with_a_reference_copy_are_refused(write_recipe):
         render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)
     recipe["stages"][1]["pref_loss"] = "simpo"
     render(load_recipe(str(write_recipe(recipe))), Target("cpu", 1), RUN_DIR)
+
+
+def test_oom_ladder_steps_keep_the_micro_batch_until_its_own_step():
+    """Each step once was estimated at micro batch 1, so the first steps looked as if they already fitted."""
+    from lfw.plan import GIB, oom_ladder
+
+    inp = PlanInput(preset_for("Qwen/Qwen3-4B"), method="full", micro_batch=8, cutoff_len=4096)
+    steps = oom_ladder(inp, 24 * GIB)
+    micro_step = next(i for i, s in enumerate(steps) if s.action.startswith("training.micro_batch_size"))
+    assert micro_step > 0
+    assert all(s.estimate.inp.micro_batch == 8 for s in steps[:micro_step])
+    assert all(s.estimate.inp.micro_batch == 1 for s in steps[micro_step:])
+    assert steps[micro_step].estimate.total < steps[micro_step - 1].estimate.total
