@@ -1,23 +1,27 @@
 """`lfw import`: an existing LLaMA-Factory train YAML in, an lfw recipe out (the migration path).
 
-Every LLaMA-Factory key lands somewhere: in the recipe field that renders it back, in the `llamafactory`
-passthrough block, or in a note saying why it was dropped (lfw renders it itself, or it is a secret).
-Datasets are looked up in the YAML's dataset_info.json so the recipe names files and formats, not registry
-entries.
+The YAML is read as `llamafactory-cli train` reads it: OmegaConf's YAML rules (`2e-5` is a number), relative
+paths (`dataset_dir`, `deepspeed`, local models) against the working directory, LF's own defaults for keys
+the YAML leaves out. Every key then lands somewhere: in the recipe field that renders it back, in the
+`llamafactory` passthrough block, in a note saying why it was dropped (lfw renders it itself, or it is a
+secret), or in a refusal naming the key and why lfw cannot honour it. Datasets are looked up in
+dataset_info.json so the recipe names files and formats, not registry entries.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lfw.errors import Problem, UserError
-from lfw.lf_keys import SECRET_KEYS
+from lfw.errors import Problem, ProblemCollector, UserError
+from lfw.lf_keys import SECRET_KEYS, check_passthrough
+from lfw.recipe_loader import UniqueKeyLoader
 
 # LLaMA-Factory key -> recipe path (dotted; "stage." means the single imported stage).
 FIELD_MAP = {
@@ -58,14 +62,23 @@ FIELD_MAP = {
     "swanlab_mode": "tracking.swanlab.mode",
     "swanlab_run_name": "tracking.swanlab.experiment",
 }
-# Keys lfw derives itself when rendering; importing them would only conflict.
-DERIVED = {
+# LLaMA-Factory 0.9.5 / transformers defaults of mapped keys whose recipe default differs: a YAML that leaves
+# them out trained with these (tests/test_import.py checks them against LF's own argument classes).
+LF_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 8,
+    "learning_rate": 5e-5,
+    "lr_scheduler_type": "linear",
+    "logging_steps": 500,
+    "plot_loss": False,
+}
+# Keys carried over through other recipe fields (method.type, stages, hardware, precision, ...).
+CARRIED = {
     "do_train",
     "stage",
     "finetuning_type",
     "dataset",
     "dataset_dir",
-    "output_dir",
+    "media_dir",
     "deepspeed",
     "gradient_accumulation_steps",
     "bf16",
@@ -73,19 +86,59 @@ DERIVED = {
     "use_cpu",
     "disable_gradient_checkpointing",
     "warmup_steps",
-    "report_to",
     "use_swanlab",
-    "overwrite_cache",
-    "overwrite_output_dir",
-    "ddp_timeout",
-    "media_dir",
-    "per_device_eval_batch_size",
-    "eval_strategy",
-    "ddp_find_unused_parameters",
-    "upcast_layernorm",
-    "adapter_name_or_path",
-    "create_new_adapter",
-    "resume_from_checkpoint",
+}
+_ANY = object()  # lfw writes its own value whatever the YAML said: always worth a note
+# Keys lfw sets itself: (the value lfw renders, so an equal one needs no note; why the YAML's is dropped).
+DROPPED: dict[str, tuple[Any, str]] = {
+    "output_dir": (_ANY, "runs go to a new <output_dir>/<name>/<timestamp> directory each (output_dir is its parent)"),
+    "overwrite_output_dir": (_ANY, "lfw never overwrites: every run gets a new directory under output_dir"),
+    "resume_from_checkpoint": (_ANY, "continue an interrupted run with `lfw run RECIPE --resume`"),
+    "report_to": (
+        "none",
+        "lfw renders report_to: none (the loss is in trainer_log.jsonl and the loss plot); "
+        "log to SwanLab with tracking.swanlab",
+    ),
+    "overwrite_cache": (True, "lfw always renders overwrite_cache: true"),
+    "ddp_timeout": (180000000, "lfw renders ddp_timeout: 180000000 on multi-GPU runs"),
+    "ddp_find_unused_parameters": (_ANY, "lfw renders false for multi-GPU LoRA without DeepSpeed"),
+    "upcast_layernorm": (_ANY, "lfw renders true for a quantized base"),
+    "per_device_eval_batch_size": (_ANY, "lfw evaluates with training.micro_batch_size"),
+    "eval_strategy": (_ANY, "lfw evaluates every eval_steps when training.val_size holds data out"),
+    "adapter_name_or_path": (_ANY, "lfw chains stages itself; add the earlier stage to `stages`"),
+    "create_new_adapter": (_ANY, "lfw chains stages itself; add the earlier stage to `stages`"),
+}
+# Passthrough keys that name files: LF opens them relative to the working directory, lfw runs from anywhere.
+PATH_KEYS = ("tokenized_path", "cache_dir", "logging_dir")
+METHODS = ("lora", "full", "freeze")
+STAGES = ("sft", "pt", "dpo", "kto", "rm")
+DEEPSPEED_KINDS = ("z0", "z2", "z3", "z3_offload")
+# What a dataset_info.json entry of a local file may carry; anything else has no recipe field.
+_ENTRY_KEYS = {"file_name", "file_sha1", "formatting", "ranking", "columns", "tags"}
+_HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+
+
+class OmegaConfLoader(UniqueKeyLoader):
+    """The YAML rules of OmegaConf.load, which `llamafactory-cli train` reads with: `2e-5` is a float (plain YAML
+    1.1 reads a string) and dates stay strings; still plain data only, and a key given twice is an error."""
+
+
+OmegaConfLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(  # omegaconf/_yaml.py (2.4)
+        r"""^(?:[-+]?[0-9]+(?:_[0-9]+)*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)
+        |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+][0-9]+)?
+        |[-+]?[0-9]+(?:_[0-9]+)*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+OmegaConfLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in OmegaConfLoader.yaml_implicit_resolvers.items()
 }
 
 
@@ -100,6 +153,24 @@ class Imported:
         header = [f"# Imported by `lfw import` from {source}", "# Review, then: lfw render THIS_FILE"]
         header += [f"# note: {note}" for note in self.notes]
         return "\n".join(header) + "\n" + yaml.safe_dump(self.recipe, sort_keys=False, allow_unicode=True)
+
+
+def read_lf_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The YAML as LLaMA-Factory reads it, and the line of each top-level key."""
+    try:
+        loader = OmegaConfLoader(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            config = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError([Problem(str(path), f"cannot read the YAML: {err}")]) from None
+    if not isinstance(config, dict):
+        raise UserError([Problem(str(path), "not a LLaMA-Factory train YAML (not a mapping)")])
+    assert isinstance(node, yaml.MappingNode)
+    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+    return config, lines
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -138,129 +209,223 @@ def dataset_format(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return fmt, extra
 
 
-def _datasets(names: str, dataset_dir: Path, where: str) -> list[dict[str, Any]]:
-    info_path = dataset_dir / "dataset_info.json"
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(
-            [
-                Problem(
-                    str(info_path),
-                    f"cannot read the dataset registry: {err}",
-                    "pass --dataset-dir, the folder holding dataset_info.json",
-                )
-            ]
-        ) from None
-    specs = []
-    for name in (n.strip() for n in str(names).split(",") if n.strip()):
-        if name not in info:
-            raise UserError(
-                [
-                    Problem(
-                        f"{where} dataset",
-                        f"{name!r} is not in {info_path}",
-                        "register it there, or pass the right --dataset-dir",
-                    )
-                ]
+def _absolute(text: str, workdir: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (workdir / path).resolve()
+
+
+class _Translation:
+    """One YAML's translation: the problems found (all reported at once) and the notes, each naming its key."""
+
+    def __init__(self, path: Path, config: dict[str, Any], lines: dict[str, int], workdir: Path) -> None:
+        self.path, self.config, self.lines, self.workdir = path, config, lines, workdir
+        self.problems = ProblemCollector()
+        self.notes: list[str] = []
+
+    def where(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.path}:{line} {key}" if line else f"{self.path} {key}"
+
+    def refuse(self, key: str, message: str, fix: str = "") -> None:
+        self.problems.add(self.where(key), message, fix)
+
+    def datasets(self, dataset_dir: Path | None) -> list[dict[str, Any]]:
+        """Each dataset name as a recipe dataset (file, format, columns), looked up as LF looks it up."""
+        names = self.config.get("dataset")
+        names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names or []) if str(n).strip()]
+        if not names:
+            self.refuse("dataset", "no dataset to import", "add dataset: NAME (a name in dataset_info.json)")
+            return []
+        dir_text = str(self.config.get("dataset_dir", "data"))
+        if dataset_dir is None and (dir_text == "ONLINE" or dir_text.startswith("REMOTE:")):
+            self.refuse(
+                "dataset_dir",
+                f"{dir_text!r} reads datasets from the hub; recipes have no hub dataset source yet",
+                "download the data, register it with file_name in a local dataset_info.json, pass --dataset-dir",
             )
-        entry = info[name]
-        if "file_name" not in entry:
-            raise UserError(
-                [
-                    Problem(
-                        f"{info_path} {name}",
-                        "only local files can be imported (no hub datasets)",
-                        "download the data and register it with file_name",
-                    )
-                ]
+            return []
+        folder = dataset_dir.resolve() if dataset_dir else _absolute(dir_text, self.workdir)
+        info_path = folder / "dataset_info.json"
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            self.refuse(
+                "dataset_dir",
+                f"cannot read the dataset registry {info_path}: {err}",
+                "run from the folder LLaMA-Factory ran in (dataset_dir is relative to it), or pass --dataset-dir",
             )
+            return []
+        media = self.config.get("media_dir")
+        media_dir = _absolute(str(media), self.workdir) if media else folder  # LF: media_dir defaults to dataset_dir
+        specs = [self._dataset(name, info, info_path, folder, media_dir) for name in names]
+        return [spec for spec in specs if spec is not None]
+
+    def _dataset(
+        self, name: str, info: dict[str, Any], info_path: Path, folder: Path, media_dir: Path
+    ) -> dict[str, Any] | None:
+        entry = info.get(name)
+        if not isinstance(entry, dict):
+            self.refuse("dataset", f"{name!r} is not in {info_path}", "register it there, or pass --dataset-dir")
+            return None
+        hub = [key for key in _HUB_KEYS if key in entry]
+        if hub or "file_name" not in entry:
+            source = f"{hub[0]} {entry[hub[0]]!r}" if hub else "no file_name"
+            self.refuse(
+                "dataset",
+                f"{name!r} in {info_path} is not a local file ({source}); recipes have no hub dataset source yet",
+                "download the data and register it with file_name, or point the recipe at the file",
+            )
+            return None
+        extra_keys = sorted(set(entry) - _ENTRY_KEYS - ({"split"} if entry.get("split") == "train" else set()))
+        if extra_keys:
+            self.refuse(
+                "dataset",
+                f"{name!r} in {info_path} uses {', '.join(extra_keys)}, which a recipe dataset has no field for",
+                "write that selection of the data into its own file and register that file",
+            )
+            return None
         fmt, extra = dataset_format(entry)
-        path = Path(entry["file_name"])
-        specs.append(
+        spec: dict[str, Any] = {"path": str(_absolute(str(entry["file_name"]), folder)), "format": fmt, "name": name}
+        if fmt == "multimodal":
+            spec["media_dir"] = str(media_dir)
+        return {**spec, **extra}
+
+    def deepspeed(self) -> str | None:
+        """The recipe's hardware.deepspeed for the YAML's config file, when it is one lfw renders identically."""
+        from lfw.render import deepspeed_json
+
+        text = self.config.get("deepspeed")
+        if not text:
+            return None
+        path = _absolute(str(text), self.workdir)
+        try:
+            theirs = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            self.refuse(
+                "deepspeed",
+                f"cannot read the DeepSpeed config {path}: {err}",
+                "run from the folder LLaMA-Factory ran in (the path is relative to it)",
+            )
+            return None
+        for kind in DEEPSPEED_KINDS:
+            if json.loads(deepspeed_json(kind)) == theirs:
+                return kind
+        zero = theirs.get("zero_optimization") or {}
+        nearest = {0: "z0", 1: "z2", 2: "z2"}.get(zero.get("stage"), "z3")
+        ours = json.loads(deepspeed_json(nearest))
+        differ = sorted(
             {
-                "path": str(path if path.is_absolute() else (dataset_dir / path).resolve()),
-                "format": fmt,
-                "name": name,
-                **extra,
+                f"zero_optimization.{k}"
+                for k in set(zero) | set(ours["zero_optimization"])
+                if zero.get(k) != ours["zero_optimization"].get(k)
             }
+            | {k for k in set(theirs) | set(ours) if k != "zero_optimization" and theirs.get(k) != ours.get(k)}
         )
-    return specs
+        self.refuse(
+            "deepspeed",
+            f"{path} is not one of the DeepSpeed configs lfw renders ({', '.join(DEEPSPEED_KINDS)}); "
+            f"closest {nearest} differs in {', '.join(differ)}",
+            f"set hardware.deepspeed: {nearest} by hand if that difference does not matter to you",
+        )
+        return None
 
 
-def _deepspeed_kind(path_text: str, base: Path) -> str:
-    path = Path(path_text) if Path(path_text).is_absolute() else base / path_text
-    try:
-        zero = json.loads(path.read_text(encoding="utf-8")).get("zero_optimization", {})
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError([Problem(str(path), f"cannot read the DeepSpeed config: {err}")]) from None
-    stage = int(zero.get("stage", 0))
-    offload = (
-        zero.get("offload_param", {}).get("device") == "cpu" or zero.get("offload_optimizer", {}).get("device") == "cpu"
-    )
-    if stage == 3:
-        return "z3_offload" if offload else "z3"
-    return {0: "z0", 1: "z2", 2: "z2"}[stage]
+def import_config(path: Path, gpus: int = 1, dataset_dir: Path | None = None, workdir: Path | None = None) -> Imported:
+    """Translate one LLaMA-Factory train YAML (as `llamafactory-cli train` run in `workdir` reads it) to a recipe.
 
+    workdir (default: the current directory) is where LLaMA-Factory ran: its relative paths resolve there.
+    """
+    config, lines = read_lf_yaml(path)
+    if "model_name_or_path" not in config:
+        shape = "a LLaMA-Factory v1 config (USE_V1=1)" if "model" in config else "not a LLaMA-Factory train YAML"
+        raise UserError(
+            [Problem(str(path), f"{shape}: no model_name_or_path", "lfw imports `llamafactory-cli train` YAMLs")]
+        )
+    job = _Translation(path, config, lines, (workdir or Path.cwd()).resolve())
+    if config.get("do_train") is not True:
+        job.refuse("do_train", "not a training YAML (do_train is not true)", "lfw imports train YAMLs only")
+    stage_kind = config.get("stage", "sft")
+    if stage_kind not in STAGES:
+        job.refuse("stage", f"{stage_kind!r} has no recipe stage", f"lfw trains {', '.join(STAGES)}")
+    method = config.get("finetuning_type", "lora")
+    if method not in METHODS:
+        job.refuse("finetuning_type", f"{method!r} has no recipe method", "lfw trains lora, qlora, full and freeze")
+    if config.get("template") is None and stage_kind != "pt":
+        job.refuse(
+            "template",
+            "missing: LLaMA-Factory would guess one from the tokenizer's chat template, which lfw cannot repeat",
+            "name the chat template, e.g. template: qwen3_nothink",
+        )
 
-def import_config(path: Path, gpus: int = 1, dataset_dir: Path | None = None) -> Imported:
-    """Translate one LLaMA-Factory train YAML (as `llamafactory-cli train` reads it) into a recipe."""
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError([Problem(str(path), f"cannot read the YAML: {err}")]) from None
-    if not isinstance(config, dict) or "model_name_or_path" not in config:
-        raise UserError([Problem(str(path), "not a LLaMA-Factory train YAML (no model_name_or_path)")])
-    base = path.parent
+    values = {**config, **{key: value for key, value in LF_DEFAULTS.items() if key not in config}}
     recipe: dict[str, Any] = {"name": re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).strip("-._") or "imported"}
-    stage: dict[str, Any] = {"stage": config.get("stage", "sft")}
-    notes: list[str] = []
+    stage: dict[str, Any] = {"stage": stage_kind}
     passthrough: dict[str, Any] = {}
-    for key, value in config.items():
+    for key, value in values.items():
         if key in SECRET_KEYS:
-            notes.append(f"{key} dropped: secrets belong in the environment ({SECRET_KEYS[key]})")
+            job.notes.append(f"{key} dropped: secrets belong in the environment ({SECRET_KEYS[key]})")
         elif key in FIELD_MAP:
             target = FIELD_MAP[key]
             if target.startswith("stage."):
                 stage[target.removeprefix("stage.")] = value
             else:
                 _set(recipe, target, value)
-        elif key not in DERIVED:
-            passthrough[key] = value
-    method = config.get("finetuning_type", "lora")
+        elif key in DROPPED:
+            rendered, why = DROPPED[key]
+            if rendered is _ANY or value != rendered:
+                job.notes.append(f"{key}: {json.dumps(value)} dropped: {why}")
+        elif key not in CARRIED:
+            passthrough[key] = str(_absolute(str(value), job.workdir)) if key in PATH_KEYS and value else value
+    for key, message, fix in check_passthrough(passthrough):
+        if message.startswith("not an argument"):  # LF's train parser refuses it too, unless run as Megatron-core
+            fix = "drop it: `llamafactory-cli train` refuses it as well, unless USE_MCA=1 selects LLaMA-Factory's "
+            fix += "Megatron-core trainer (its parallelism keys), which lfw does not launch"
+        job.refuse(key, message, fix)
+
+    if config.get("template") is None and stage_kind == "pt":
+        _set(recipe, "model.template", "empty")
+        job.notes.append(
+            "template: none given, so `empty` (what LLaMA-Factory uses without one; pre-training formats no chat)"
+        )
+    model = str(values["model_name_or_path"])
+    if (job.workdir / model).exists():  # LF (transformers) tries a local folder first, relative to where it ran
+        _set(recipe, "model.path", str((job.workdir / model).resolve()))
     _set(recipe, "method.type", "qlora" if method == "lora" and config.get("quantization_bit") else method)
-    if config.get("deepspeed"):
-        _set(recipe, "hardware.deepspeed", _deepspeed_kind(str(config["deepspeed"]), base))
+    if config.get("quantization_bit") and "upcast_layernorm" not in config:
+        job.notes.append("upcast_layernorm: lfw renders true for a quantized base (LLaMA-Factory's default is false)")
+    kind = job.deepspeed()
+    if kind:
+        _set(recipe, "hardware.deepspeed", kind)
     _set(recipe, "hardware.gpus", gpus)
-    micro = int(config.get("per_device_train_batch_size", 1))
+    if config.get("use_cpu"):
+        _set(recipe, "hardware.device", "cpu")
+    micro = int(values["per_device_train_batch_size"])
     accumulation = int(config.get("gradient_accumulation_steps", 1))
     _set(recipe, "training.global_batch_size", micro * accumulation * gpus)
     _set(recipe, "training.micro_batch_size", micro)
-    if config.get("bf16") or config.get("fp16"):
-        _set(recipe, "training.precision", "bf16" if config.get("bf16") else "fp16")
+    _set(recipe, "training.precision", "bf16" if config.get("bf16") else "fp16" if config.get("fp16") else "fp32")
     if config.get("disable_gradient_checkpointing"):
         _set(recipe, "training.gradient_checkpointing", False)
-    if "warmup_steps" in config:
+    if config.get("warmup_steps"):
         key = "warmup_ratio" if 0 < float(config["warmup_steps"]) < 1 else "warmup_steps"
         _set(recipe, f"training.{key}", config["warmup_steps"])
-    if "max_steps" in config:
+    if int(config.get("max_steps") or -1) > 0:
         recipe["training"].pop("epochs", None)
+    else:
+        recipe["training"].pop("max_steps", None)
     if config.get("use_swanlab"):
         recipe.setdefault("tracking", {}).setdefault("swanlab", {}).setdefault("project", "llamafactory")
     else:
         recipe.pop("tracking", None)
-    data_dir = dataset_dir or (base / str(config.get("dataset_dir", "data")))
-    if not config.get("dataset"):
-        raise UserError([Problem(f"{path} dataset", "no dataset to import", "add dataset: NAME")])
-    stage["datasets"] = _datasets(config["dataset"], data_dir, str(path))
+    stage["datasets"] = job.datasets(dataset_dir)
+    job.problems.raise_if_any(f"{path}: cannot import (LLaMA-Factory run from {job.workdir})")
+
     recipe["stages"] = [stage]
     output_dir = Path(str(config.get("output_dir", "saves")))
     recipe["output_dir"] = str(output_dir.parent) if str(output_dir.parent) != "." else "runs"
     if passthrough:
         recipe["llamafactory"] = passthrough
-    if config.get("adapter_name_or_path"):
-        notes.append("adapter_name_or_path dropped: lfw chains stages itself; add the earlier stage to `stages`")
-    notes.append(
+    job.notes.append(
         f"global_batch_size {micro * accumulation * gpus} = {micro} per GPU x {accumulation} accumulation "
         f"x {gpus} GPU(s); lfw keeps it constant when the GPU count changes"
     )
@@ -269,4 +434,32 @@ def import_config(path: Path, gpus: int = 1, dataset_dir: Path | None = None) ->
         for k in ("name", "model", "method", "training", "stages", "hardware", "tracking", "output_dir", "llamafactory")
         if k in recipe
     }
-    return Imported(ordered, notes)
+    return Imported(ordered, job.notes)
+
+
+# recipe field -> the LLaMA-Factory key it came from, to name the YAML's key when the recipe check fails
+_SOURCE_KEY = {target.replace("stage.", "stages[0]."): key for key, target in FIELD_MAP.items()}
+_SOURCE_KEY.update(
+    {"stages[0].datasets": "dataset", "method.type": "finetuning_type", "hardware.deepspeed": "deepspeed"}
+)
+
+
+def check_imported(imported: Imported, source: Path) -> str:
+    """The recipe text, after the same checks as any recipe; problems name the LLaMA-Factory key they came from."""
+    from lfw.recipe_loader import load_recipe
+
+    text = imported.to_yaml(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        check = Path(tmp) / "recipe.yml"
+        check.write_text(text, encoding="utf-8")
+        try:
+            load_recipe(str(check))
+        except UserError as err:
+            problems = []
+            for problem in err.problems:
+                field_path = problem.where.split(" ", 1)[-1]
+                key = next((k for f, k in _SOURCE_KEY.items() if field_path.startswith(f)), None)
+                where = f"{source} {key} (recipe {field_path})" if key else f"{source} (recipe {field_path})"
+                problems.append(Problem(where, problem.message, problem.fix))
+            raise UserError(problems, f"{source}: the imported recipe has problems") from None
+    return text

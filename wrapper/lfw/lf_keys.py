@@ -38,7 +38,9 @@ SECRET_KEYS = {
 # Passthrough keys lfw never writes but cannot honour either.
 REFUSED_PASSTHROUGH = {
     "eval_dataset": "lfw registers only the stages' datasets; hold out data with training.val_size",
-    "pure_bf16": "use training.precision",
+    "pure_bf16": "lfw trains in mixed precision (training.precision); pure bf16 weights without AMP have no field",
+    "ray_num_workers": "lfw does not run Ray (USE_RAY=1); set the GPU count with hardware.gpus or `--gpus N`",
+    "ray_init_kwargs": "lfw does not run Ray (USE_RAY=1); lfw launches torchrun itself",
 }
 
 # Keys the train template writes, and the recipe field that sets each (keys missing here have none yet).

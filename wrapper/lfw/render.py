@@ -258,6 +258,14 @@ def _check_template(
                     )
 
 
+def deepspeed_json(kind: str) -> str:
+    """The DeepSpeed config lfw writes for `hardware.deepspeed: kind` (also what `lfw import` compares against)."""
+    stage_number = {"z0": 0, "z2": 2, "z3": 3, "z3_offload": 3}[kind]
+    content = _environment().get_template("deepspeed.json.j2").render(stage=stage_number, offload=kind == "z3_offload")
+    json.loads(content)  # the template must always give valid JSON
+    return content
+
+
 def template_problems(loaded: LoadedRecipe) -> list[Problem]:
     """The template checks of `render` on their own (for `lfw doctor`): registered, and reads the data's media."""
     info, names_per_stage = build_dataset_info(loaded)
@@ -280,9 +288,7 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
     deepspeed_path = None
     if recipe.hardware.deepspeed != "none":
         kind = recipe.hardware.deepspeed
-        stage_number = {"z0": 0, "z2": 2, "z3": 3, "z3_offload": 3}[kind]
-        content = env.get_template("deepspeed.json.j2").render(stage=stage_number, offload=kind == "z3_offload")
-        json.loads(content)  # the template must always give valid JSON
+        content = deepspeed_json(kind)
         name = f"ds_{kind}.json"
         files.append(RenderedFile(name, content))
         deepspeed_path = str(run_dir / name)

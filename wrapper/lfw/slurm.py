@@ -82,42 +82,52 @@ def check_job(job: SlurmJob) -> None:
     problems.raise_if_any("cannot write the sbatch script:")
 
 
+def node0_target(loaded: LoadedRecipe, nodes: int, gpus_per_node: int) -> Target:
+    """The machine a job will run on, as seen from node 0 (GPUs are not visible where the job is written)."""
+    return resolve_target(loaded.recipe.hardware, gpus_per_node, env={}, detected=[], nnodes=nodes, node_rank=0)
+
+
 def slurm_target(loaded: LoadedRecipe, job: SlurmJob) -> Target:
-    """The machine the job will run on, as seen from node 0 (GPUs are not visible on the login node)."""
-    return resolve_target(loaded.recipe.hardware, job.gpus_per_node, env={}, detected=[], nnodes=job.nodes, node_rank=0)
+    return node0_target(loaded, job.nodes, job.gpus_per_node)
 
 
-def _recipe_reference(loaded: LoadedRecipe) -> str:
+def recipe_reference(loaded: LoadedRecipe) -> str:
     """Bundled recipes by their `recipes/NAME` handle (they live inside the installed lfw), others by path."""
     return loaded.display_path if loaded.is_bundled else str(loaded.path)
 
 
-def node_arguments(loaded: LoadedRecipe, job: SlurmJob, overrides: tuple[str, ...] | list[str]) -> list[str]:
-    """`lfw run`'s arguments, as shell words expanded on the head node (the same on every node).
+def node_arguments(
+    recipe: str,
+    gpus_per_node: int,
+    output_dir: Path | None,
+    overrides: tuple[str, ...] | list[str],
+    nnodes: str = '"$SLURM_NNODES"',
+) -> list[str]:
+    """`lfw run`'s arguments but the node rank, as shell words (the same on every node; launch_targets reuses them).
 
-    Only the node's rank differs per node: the script passes it inside `bash -c '... $SLURM_NODEID'`, which
-    srun runs on each node, and these words as that bash's "$@", so they need no second layer of quoting.
+    Slurm: the script passes the rank inside `bash -c '... $SLURM_NODEID'`, which srun runs on each node, and
+    these words as that bash's "$@", so they need no second layer of quoting.
     """
     words = [
-        shlex.quote(_recipe_reference(loaded)),
+        shlex.quote(recipe),
         "--stream",
         "--nnodes",
-        '"$SLURM_NNODES"',
+        nnodes,
         "--master-addr",
         '"$MASTER_ADDR"',
         "--master-port",
         '"$MASTER_PORT"',
         "--gpus",
-        str(job.gpus_per_node),
+        str(gpus_per_node),
     ]
-    if job.output_dir is not None:
-        words += ["--output-dir", shlex.quote(str(job.output_dir))]
+    if output_dir is not None:
+        words += ["--output-dir", shlex.quote(str(output_dir))]
     for assignment in overrides:
         words += ["--set", shlex.quote(assignment)]
     return words
 
 
-def _lines(words: list[str], width: int = 100) -> list[str]:
+def shell_lines(words: list[str], width: int = 100) -> list[str]:
     """Shell words grouped into lines of about `width` characters (flags stay next to their values)."""
     lines: list[str] = []
     current = ""
@@ -138,7 +148,7 @@ def script_context(
     cuda = target.device == "cuda"
     return {
         "version": __version__,
-        "recipe_display": _recipe_reference(loaded),
+        "recipe_display": recipe_reference(loaded),
         "script_name": shlex.quote(str(job.script)),
         "job_name": f"lfw-{loaded.recipe.name}",
         "nodes": job.nodes,
@@ -155,7 +165,9 @@ def script_context(
         "setup": list(job.setup),
         "nccl_socket_ifname": job.nccl_socket_ifname,
         "hf_home": shlex.quote(job.hf_home) if job.hf_home else DEFAULT_HF_HOME,
-        "node_args": _lines(node_arguments(loaded, job, overrides)),
+        "node_args": shell_lines(
+            node_arguments(recipe_reference(loaded), job.gpus_per_node, job.output_dir, overrides)
+        ),
     }
 
 

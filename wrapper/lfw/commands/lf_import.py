@@ -29,28 +29,25 @@ from lfw.errors import UserError
     "--dataset-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder with dataset_info.json (default: the YAML's dataset_dir, else data/ beside it).",
+    help="Folder with dataset_info.json (default: the YAML's dataset_dir, else data/, in the current folder).",
 )
 def lf_import(config: Path, output: Path | None, gpus: int, dataset_dir: Path | None) -> None:
     """Translate a LLaMA-Factory train YAML into an lfw recipe, then check it like any recipe.
 
+    Run it where LLaMA-Factory ran (its checkout's root for its examples): like LLaMA-Factory, relative paths
+    in the YAML (dataset_dir, deepspeed, a local model) are read against the current folder.
+
     Example: lfw import examples/train_lora/qwen3_lora_sft.yaml --gpus 4 -o my_recipe.yml
     """
-    import tempfile
+    from lfw.lf_import import check_imported, import_config
 
-    from lfw.lf_import import import_config
-    from lfw.recipe_loader import load_recipe
-
-    imported = import_config(config.resolve(), gpus=gpus, dataset_dir=dataset_dir)
-    text = imported.to_yaml(config)
-    with tempfile.TemporaryDirectory() as tmp:  # the same checks as any recipe, before anything is written
-        check = Path(tmp) / "recipe.yml"
-        check.write_text(text, encoding="utf-8")
-        load_recipe(str(check))
+    text = check_imported(import_config(config, gpus=gpus, dataset_dir=dataset_dir), config)
     if output is None:
         click.echo(text, nl=False)
         return
-    if output.exists():
-        raise UserError(f"{output} exists: choose a new file name (lfw never overwrites files)")
-    output.write_text(text, encoding="utf-8")
+    try:
+        with open(output, "x", encoding="utf-8") as handle:  # "x": never overwrite, even in a race
+            handle.write(text)
+    except FileExistsError:
+        raise UserError(f"{output} exists: choose a new file name (lfw never overwrites files)") from None
     click.echo(f"wrote {output}; check it with: lfw render {output}")
