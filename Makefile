@@ -14,7 +14,7 @@ setup: $(VENV)/.lfw-setup
 $(VENV)/.lfw-setup: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,tracking,dev]'
 	touch $@
 
 # vLLM environment: its own venv (vLLM's pins conflict with LLaMA-Factory's); lfw runs it as a subprocess

@@ -51,7 +51,8 @@ _ENV_PREFIXES = (
     "DS_",
     "LFW_",
     "USE_RAY",
-    "WANDB_MODE",
+    "WANDB_",
+    "MLFLOW_",
 )
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 

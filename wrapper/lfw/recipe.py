@@ -224,8 +224,28 @@ class SwanLabSpec(Strict):
     )
 
 
+class WandbSpec(Strict):
+    project: str = Field(description="Weights & Biases project.")
+    entity: str | None = Field(None, description="W&B entity (user or team).")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline writes RUN/wandb only (`wandb sync` later); online needs WANDB_API_KEY."
+    )
+
+
+class MLflowSpec(Strict):
+    experiment: str = Field(description="MLflow experiment name.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking server or store; default SQLite in the run directory (RUN/mlflow.db)."
+    )
+
+
 class TrackingSpec(Strict):
-    swanlab: SwanLabSpec | None = Field(None, description="Log to SwanLab (the API key comes from the env).")
+    swanlab: SwanLabSpec | None = Field(
+        None, description="Log to SwanLab (files in RUN/swanlog; the API key comes from the env)."
+    )
+    tensorboard: bool = Field(False, description="Write TensorBoard event files to RUN/<stage>/runs.")
+    wandb: WandbSpec | None = Field(None, description="Log to Weights & Biases (offline by default).")
+    mlflow: MLflowSpec | None = Field(None, description="Log to MLflow (a file store in the run by default).")
 
 
 class Recipe(Strict):

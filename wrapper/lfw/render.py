@@ -27,6 +27,7 @@ from lfw.model_arch import read_config
 from lfw.recipe import DatasetSpec
 from lfw.recipe_loader import LoadedRecipe
 from lfw.stage_models import stage_models
+from lfw.tracking import report_to
 
 DATASET_INFO = "dataset_info.json"
 
@@ -349,6 +350,9 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
             "training": training,
             "output_dir": str(output_dir),
             "swanlab": swanlab,
+            "swanlab_logdir": str(run_dir / "swanlog"),
+            "report_to": report_to(recipe),
+            "run_name": f"{run_dir.name}-{stage_name}",
             "swanlab_run_name": (swanlab.experiment if swanlab and swanlab.experiment else run_dir.name)
             + f"-{stage_name}",
             "grad_accum": grad_accum,

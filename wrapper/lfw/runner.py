@@ -29,6 +29,7 @@ from lfw.manifest import base_manifest, git_commit, now, safe_environment, write
 from lfw.progress import LOG_NAME, TrainingProgress
 from lfw.recipe_loader import LoadedRecipe, changed_keys
 from lfw.render import Rendering, model_location, render, resolve_path
+from lfw.tracking import missing_keys, tracking_env
 
 MANIFEST = "manifest.json"
 RECIPE_COPY = "recipe.yaml"
@@ -105,13 +106,8 @@ def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str], *, dry_
             problems.add(source, check.detail, check.fix)
         elif check.status == WARN:
             warnings.append(f"{check.detail}; fix: {check.fix}")
-    swanlab = recipe.tracking.swanlab
-    if swanlab and swanlab.mode == "cloud" and not env.get("SWANLAB_API_KEY"):
-        problems.add(
-            f"{source} tracking.swanlab.mode",
-            "cloud logging needs SWANLAB_API_KEY in the environment",
-            "export SWANLAB_API_KEY=... (never put it in the recipe), or use mode: local",
-        )
+    for where, message, fix in missing_keys(recipe, env):
+        problems.add(f"{source} {where}", message, fix)
     for s_index, stage in enumerate(recipe.stages):
         for d_index, spec in enumerate(stage.datasets):
             path = resolve_path(spec.path, loaded.base_dir)
@@ -282,6 +278,7 @@ def execute(
     cli = llamafactory_cli() if not dry_run else "llamafactory-cli"
     if dry_run:
         run_dir = root / recipe.name / "<new-run>"
+        extra_env |= tracking_env(recipe, run_dir)
         rendering = render(loaded, target, run_dir)
         console.print(f"[bold]dry run[/]: would create {run_dir} ({target.describe()}) with these files:")
         console.out(rendering.listing(), highlight=False, end="")
@@ -292,6 +289,7 @@ def execute(
             console.print(f"stage {stage.name}: {cli} train {run_dir / stage.config}", markup=False, highlight=False)
         return 0
     run_dir = new_run_dir(root, recipe.name)
+    extra_env |= tracking_env(recipe, run_dir)
     try:
         convert_folders(loaded, to_convert, run_dir)
         rendering = render(loaded, target, run_dir)
