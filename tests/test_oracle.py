@@ -116,6 +116,20 @@ DATA: dict[str, tuple[str, list[dict[str, Any]]]] = {
             {"messages": _messages(("user", "1+1?"), ("assistant", "3")), "label": False},
         ],
     ),
+    # Images only, which every vision template takes: the file a bundled multimodal recipe gets (first of its format).
+    "image": (
+        "multimodal",
+        [
+            {
+                "messages": _messages(("user", "<image>What is this?"), ("assistant", "A dot.")),
+                "images": ["media/dot.png"],
+            },
+            {
+                "messages": _messages(("user", "<image><image>The same?"), ("assistant", "Yes.")),
+                "images": ["media/dot.png", "media/dot.png"],
+            },
+        ],
+    ),
     "multimodal": (
         "multimodal",
         [
@@ -170,12 +184,25 @@ def _turn(message: dict[str, str]) -> dict[str, str]:
     return {"role": ROLES.get(role, role), "content": message.get("value", message.get("content"))}
 
 
-def expected_row(row: dict[str, Any], media_dir: Path) -> dict[str, Any]:
-    """LF's standard form (_prompt, _response, _system, _tools, _images, _videos, _audios) of one raw row."""
+ALPACA_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "history": "history",
+    "system": "system",
+}
+
+
+def expected_row(row: dict[str, Any], media_dir: Path, columns: dict[str, str] | None = None) -> dict[str, Any]:
+    """LF's standard form (_prompt, _response, _system, _tools, _images, _videos, _audios) of one raw row;
+    `columns` (a recipe's renames of alpaca SFT columns) picks which of the row's columns LF reads as which."""
     media = {
         f"_{kind}": [str(media_dir / p) for p in row[kind]] if row.get(kind) else None
         for kind in ("images", "videos", "audios")
     }
+    if columns:
+        names = {**ALPACA_COLUMNS, **columns}
+        row = {ALPACA_COLUMNS[key]: row[name] for key, name in names.items() if name in row}
     if "text" in row:
         return {"_prompt": [_turn({"role": "user", "content": row["text"]})], "_response": [], "_system": ""}
     turns_key = "conversations" if "conversations" in row else "messages" if "messages" in row else None
@@ -249,6 +276,13 @@ VARIANTS = [
 FORMAT_DATA = {fmt: key for key, (fmt, _) in reversed(DATA.items())}  # a bundled recipe's format -> our file
 
 
+def _bundled_data(spec: Any) -> str:
+    """Our data file for a bundled recipe's dataset: with `columns`, the first whose rows have those columns."""
+    if spec.columns:
+        return next(key for key, (_, rows) in DATA.items() if set(spec.columns.values()) <= set(rows[0]))
+    return FORMAT_DATA[spec.format]
+
+
 def _stage_kinds(variant: Variant) -> list[str]:
     if variant.bundled:
         return [stage.stage for stage in load_recipe(str(variant.bundled)).recipe.stages]
@@ -264,11 +298,13 @@ def _load(variant: Variant, tiny: dict[str, Path], data_dir: Path, recipe_dir: P
     if variant.bundled:
         recipe = load_recipe(str(variant.bundled)).recipe
         overrides = [f"model.path={tiny['model']}"] + [
-            f"stages.{i}.datasets.{j}.path={data_dir / (FORMAT_DATA[ds.format] + '.json')}"
+            f"stages.{i}.datasets.{j}.path={data_dir / (_bundled_data(ds) + '.json')}"
             for i, stage in enumerate(recipe.stages)
             for j, ds in enumerate(stage.datasets)
         ]
         target = dict(bundled_targets())[variant.bundled]
+        if target.device == "cuda":  # transformers refuses bf16 here (no GPU): judge the fp16 rendering
+            overrides.append("training.precision=fp16")
         return load_recipe(str(variant.bundled), overrides), target
     stages = []
     for spec in variant.stages:
@@ -531,13 +567,13 @@ def test_dataset_rows_match_the_file(oracle, variant_id, index):
     if facts["parse"] != "ok":
         pytest.fail(facts["parse"])
     assert "rows" in facts, facts.get("rows_error")
-    files = [str(Path(ds.path)) for ds in case.loaded.recipe.stages[index].datasets]
-    assert sorted(facts["rows"]) == sorted(files)
+    specs = {str(Path(ds.path)): ds for ds in case.loaded.recipe.stages[index].datasets}
+    assert sorted(facts["rows"]) == sorted(specs)
     for name, rows in facts["rows"].items():
         raw = json.loads(Path(name).read_text())
         media_dir = Path(case.configs[index].get("media_dir") or Path(name).parent)
         for number, (got, row) in enumerate(zip(rows, raw, strict=True)):
-            want = expected_row(row, media_dir)
+            want = expected_row(row, media_dir, specs[name].columns)
             assert {k: got[k] for k in want} == want, f"{Path(name).name} row {number}: {row}"
 
 

@@ -27,8 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export", "export", "Merge LoRA adapter(s) into the base model, verify it loads, record lineage."),
     "serve": ("serve", "serve", "Serve a model with vLLM's OpenAI-compatible server (127.0.0.1 by default)."),
     "slurm": ("slurm", "slurm", "Write (and optionally submit) an sbatch script that runs the recipe on N nodes."),
+    "launch": ("launch", "launch", "Write a SkyPilot task or a Kubernetes PyTorchJob that runs the recipe on N nodes."),
     "eval": ("eval", "eval", "Score models on local benchmarks through vLLM (or transformers)."),
     "report": ("report", "report", "Compare runs and evaluations: tables, loss curves and score charts."),
+    "status": ("status", "status", "Where a run stands: per stage step/total, loss, lr, ETA, tokens/s, eval loss."),
 }
 
 

@@ -421,6 +421,12 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def newest_run(parent: Path) -> Path | None:
+    """The run directory under `parent` (a recipe's run folder) whose manifest was written last."""
+    runs = [p for p in parent.iterdir() if (p / MANIFEST).is_file()] if parent.is_dir() else []
+    return max(runs, key=lambda p: (p / MANIFEST).stat().st_mtime, default=None)
+
+
 def resume_run(
     loaded: LoadedRecipe,
     target: Target,
@@ -434,10 +440,9 @@ def resume_run(
     console = console or Console()
     recipe = loaded.recipe
     parent = (output_root or Path(recipe.output_dir)).expanduser().resolve() / recipe.name
-    runs = sorted((p for p in parent.glob("*") if (p / MANIFEST).is_file()), key=lambda p: p.stat().st_mtime)
-    if not runs:
+    run_dir = newest_run(parent)
+    if run_dir is None:
         raise UserError(f"no earlier run of {recipe.name} under {parent} to resume: start one with lfw run")
-    run_dir = runs[-1]
     manifest = json.loads((run_dir / MANIFEST).read_text())
     if manifest.get("status") == "ok":
         raise UserError(f"{run_dir} finished already: nothing to resume (lfw run without --resume starts anew)")

@@ -4,8 +4,8 @@ SwanLab goes through LF's `use_swanlab` (transformers 5.6's `report_to: swanlab`
 TensorBoard, Weights & Biases and MLflow through transformers' `report_to`. W&B and MLflow take their settings from
 the environment, so lfw adds those variables to the stage's environment (and the manifest). TensorBoard keeps
 transformers' default folder, RUN/<stage>/runs (transformers 5 ignores `logging_dir`, which its parser still
-accepts). MLflow's default store is SQLite in the run (its file store is in maintenance mode and refuses by default). Keys come only from
-the environment: nothing here ever holds one.
+accepts). MLflow's default store is SQLite in the run (its file store is in maintenance mode and refuses by
+default). Keys come only from the environment: nothing here ever holds one.
 """
 
 from __future__ import annotations
