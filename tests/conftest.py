@@ -17,6 +17,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="Rewrite golden files from current output.")
 
 
+@pytest.fixture(autouse=True)
+def _no_user_cache_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's LFW_CACHE_DIR would move the tokenized cache and change every rendered file."""
+    monkeypatch.delenv("LFW_CACHE_DIR", raising=False)
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))

@@ -23,9 +23,9 @@ from lfw.recipe_loader import load_recipe
 from lfw.render import render
 
 # Keys lfw sets by policy (README, `lfw import`): each run its own directory, datasets registered by lfw, the
-# cache re-tokenized, report_to none, transformers 5's warmup spelling, the long multi-GPU timeout.
+# data tokenized once into lfw's cache, report_to none, transformers 5's warmup spelling, the long multi-GPU timeout.
 POLICY = {"output_dir", "overwrite_output_dir", "dataset_dir", "resume_from_checkpoint", "report_to",
-          "overwrite_cache", "ddp_timeout", "warmup_ratio", "media_dir"}  # fmt: skip
+          "overwrite_cache", "tokenized_path", "ddp_timeout", "warmup_ratio", "media_dir"}  # fmt: skip
 
 ZERO3 = {
     "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",

@@ -99,7 +99,8 @@ DROPPED: dict[str, tuple[Any, str]] = {
         "lfw renders report_to: none (the loss is in trainer_log.jsonl and the loss plot); "
         "log to SwanLab with tracking.swanlab",
     ),
-    "overwrite_cache": (True, "lfw always renders overwrite_cache: true"),
+    "overwrite_cache": (False, "lfw tokenizes once into a tokenized_path named by what changes the tokens"),
+    "tokenized_path": (_ANY, "lfw names the tokenized cache itself (<output_dir>/.tokenized/<hash>)"),
     "ddp_timeout": (180000000, "lfw renders ddp_timeout: 180000000 on multi-GPU runs"),
     "ddp_find_unused_parameters": (_ANY, "lfw renders false for multi-GPU LoRA without DeepSpeed"),
     "upcast_layernorm": (_ANY, "lfw renders true for a quantized base"),
@@ -109,7 +110,7 @@ DROPPED: dict[str, tuple[Any, str]] = {
     "create_new_adapter": (_ANY, "lfw chains stages itself; add the earlier stage to `stages`"),
 }
 # Passthrough keys that name files: LF opens them relative to the working directory, lfw runs from anywhere.
-PATH_KEYS = ("tokenized_path", "cache_dir", "logging_dir")
+PATH_KEYS = ("cache_dir", "logging_dir")
 METHODS = ("lora", "full", "freeze")
 STAGES = ("sft", "pt", "dpo", "kto", "rm")
 DEEPSPEED_KINDS = ("z0", "z2", "z3", "z3_offload")

@@ -248,6 +248,54 @@ class TrackingSpec(Strict):
     mlflow: MLflowSpec | None = Field(None, description="Log to MLflow (a file store in the run by default).")
 
 
+# ---- after training: export, eval, report (lfw.pipeline turns these into steps of the run) ----------------
+
+
+def _block_flag(value: Any) -> Any:
+    """`export: true` / `report: true` mean the block with its defaults; false means no block."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+class ExportStep(Strict):
+    stages: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Training stages to merge into RUN/export/<stage> (folder name like 1-sft, stage type or "
+        "1-based number); default: the last.",
+    )
+    verify: bool = Field(True, description="Load each export with transformers, check its chat template, generate.")
+
+
+class BenchmarkSpec(Strict):
+    path: str = Field(description="Benchmark file or folder (what `lfw eval --bench` takes); relative to the recipe.")
+    kind: str | None = Field(
+        None, description="Benchmark kind (mc, mc-text, gsm8k, gen, alpaca, sharegpt); default guessed."
+    )
+    name: str | None = Field(None, description="Benchmark label in the results; default the file name.")
+
+    def spec(self) -> str:
+        """As `lfw eval --bench` takes it: [LABEL=][KIND:]PATH."""
+        return (f"{self.name}=" if self.name else "") + (f"{self.kind}:" if self.kind else "") + self.path
+
+
+class EvalStep(Strict):
+    benchmarks: list[BenchmarkSpec] = Field(min_length=1, description="Benchmarks every model is scored on.")
+    models: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="base and/or exported stages, results in RUN/eval/<label>; default: base and every export.",
+    )
+    backend: Literal["vllm", "hf"] = Field("vllm", description="vllm (the vLLM environment) or hf (transformers).")
+    limit: PositiveInt | None = Field(None, description="At most N questions per benchmark.")
+    max_new_tokens: PositiveInt | None = Field(None, description="Generation budget (default per benchmark kind).")
+
+
+class ReportStep(Strict):
+    baseline: str | None = Field(None, description="Model the score differences are against; default the first.")
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name (folder-safe).")
     description: str | None = Field(None, description="One line shown by `lfw recipes`.")
@@ -262,6 +310,13 @@ class Recipe(Strict):
         default_factory=dict,
         description="Raw LLaMA-Factory keys passed through as they are (checked against its argument classes).",
     )
+    export: Annotated[ExportStep | None, BeforeValidator(_block_flag)] = Field(
+        None, description="After training: merge stages into RUN/export/<stage> (lfw export); true: the last."
+    )
+    eval: EvalStep | None = Field(None, description="After export: score base and exports into RUN/eval (lfw eval).")
+    report: Annotated[ReportStep | None, BeforeValidator(_block_flag)] = Field(
+        None, description="Last: lfw report over the run and its evals into RUN/report; true: with defaults."
+    )
 
     @model_validator(mode="after")
     def _quantization_fits_deepspeed(self) -> Recipe:
@@ -274,6 +329,65 @@ class Recipe(Strict):
                     "use method.quantization {bits: 4, method: bnb} or hardware.deepspeed z2"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _steps_name_stages(self) -> Recipe:
+        """export/eval/report name stages and models that exist, so a typo fails at load, not after training."""
+        exported = [self.stage_dir_name(i) for i in self.export_indices()]
+        for ref in self.eval.models or [] if self.eval is not None else []:
+            if self.model_label(ref) not in ("base", *exported):
+                raise ValueError(
+                    f"eval.models: {ref!r} is not base or an exported stage ({', '.join(['base', *exported])}); "
+                    "add the stage to export.stages"
+                )
+        labels = self.eval_labels()
+        if self.report is not None and self.report.baseline not in (None, *labels):
+            raise ValueError(
+                f"report.baseline: {self.report.baseline!r} is not an evaluated model ({', '.join(labels)})"
+            )
+        return self
+
+    def stage_index(self, ref: str) -> int | None:
+        """A stage named by folder name (1-sft), stage type when only one stage has it, or 1-based number."""
+        names = [self.stage_dir_name(i) for i in range(len(self.stages))]
+        if ref in names:
+            return names.index(ref)
+        if ref.isdigit() and 1 <= int(ref) <= len(names):
+            return int(ref) - 1
+        by_type = [i for i, stage in enumerate(self.stages) if stage.stage == ref]
+        return by_type[0] if len(by_type) == 1 else None
+
+    def model_label(self, ref: str) -> str | None:
+        """base, or the folder name of the stage `ref` names (None: no such stage)."""
+        if ref == "base":
+            return ref
+        index = self.stage_index(ref)
+        return None if index is None else self.stage_dir_name(index)
+
+    def export_indices(self) -> list[int]:
+        """The stages the export block merges, in training order (its default: the last)."""
+        if self.export is None:
+            return []
+        if self.export.stages is None:
+            return [len(self.stages) - 1]
+        indices = []
+        for ref in self.export.stages:
+            index = self.stage_index(ref)
+            if index is None:
+                names = ", ".join(self.stage_dir_name(i) for i in range(len(self.stages)))
+                raise ValueError(f"export.stages: no stage {ref!r} (stages: {names}, or a stage type or number)")
+            indices.append(index)
+        return sorted(set(indices))
+
+    def eval_labels(self) -> list[str]:
+        """The models the eval block scores: base and exported stages by folder name, base first."""
+        if self.eval is None:
+            return []
+        exported = [self.stage_dir_name(i) for i in self.export_indices()]
+        if self.eval.models is None:
+            return ["base", *exported]
+        wanted = {self.model_label(ref) for ref in self.eval.models}
+        return [label for label in ["base", *exported] if label in wanted]
 
     def stage_training(self, index: int) -> TrainingSpec:
         """The training block of one stage: the recipe's, with the stage's overrides on top."""

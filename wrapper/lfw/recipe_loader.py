@@ -252,6 +252,11 @@ def anchor_paths(data: dict[str, Any], folder: Path, source: str) -> None:
             if isinstance(spec, dict):
                 where = f"stages[{s_index}].datasets[{d_index}]"
                 places += [(spec, key, f"{where}.{key}", as_path) for key in ("path", "media_dir")]
+    evaluation = data.get("eval")
+    benchmarks = evaluation.get("benchmarks") if isinstance(evaluation, dict) else None
+    for b_index, spec in enumerate(benchmarks if isinstance(benchmarks, list) else []):
+        if isinstance(spec, dict):
+            places.append((spec, "path", f"eval.benchmarks[{b_index}].path", as_path))
     for block, key, where, anchored in places:
         text = block.get(key)
         if not isinstance(text, str):

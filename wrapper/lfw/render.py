@@ -27,6 +27,7 @@ from lfw.model_arch import read_config
 from lfw.recipe import DatasetSpec
 from lfw.recipe_loader import LoadedRecipe
 from lfw.stage_models import stage_models
+from lfw.tokenized import cache_key, cache_root
 from lfw.tracking import report_to
 
 DATASET_INFO = "dataset_info.json"
@@ -295,6 +296,7 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
         deepspeed_path = str(run_dir / name)
 
     method = recipe.method
+    tokenized_root = cache_root(run_dir)
     stages = []
     earlier_outputs: list[Path] = []
     model_path = model_location(recipe.model.path, loaded.base_dir)
@@ -362,7 +364,11 @@ def render(loaded: LoadedRecipe, target: Target, run_dir: Path) -> Rendering:
             "distributed": target.world_size > 1,
             "passthrough": {},
         }
-        text = env.get_template("train.yaml.j2").render(**{**context, "passthrough": recipe.llamafactory})
+        template = env.get_template("train.yaml.j2")
+        values = {**context, "passthrough": recipe.llamafactory}
+        rendered = yaml.safe_load(template.render(**values, tokenized_path=None))  # passthrough keys count too
+        values["tokenized_path"] = str(tokenized_root / cache_key(rendered, info, keys.llamafactory))
+        text = template.render(**values)
         _check_rendered(yaml.safe_load(text), keys, problems)
         config_name = f"{stage_name}.yaml"
         files.append(RenderedFile(config_name, text))

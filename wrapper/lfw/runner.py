@@ -26,9 +26,11 @@ from lfw.datacheck import DataReport
 from lfw.errors import Problem, ProblemCollector, UserError
 from lfw.launch import Target, launch_env
 from lfw.manifest import base_manifest, git_commit, now, safe_environment, write_manifest
+from lfw.pipeline import check_steps, is_done, pending, plan_steps
 from lfw.progress import LOG_NAME, TrainingProgress
 from lfw.recipe_loader import LoadedRecipe, changed_keys
 from lfw.render import Rendering, model_location, render, resolve_path
+from lfw.tokenized import prepare_for_stage
 from lfw.tracking import missing_keys, tracking_env
 
 MANIFEST = "manifest.json"
@@ -287,7 +289,16 @@ def execute(
         console.print("environment added: " + " ".join(f"{k}={v}" for k, v in sorted(extra_env.items())))
         for stage in rendering.stages:
             console.print(f"stage {stage.name}: {cli} train {run_dir / stage.config}", markup=False, highlight=False)
+        try:
+            check_steps(loaded)
+        except UserError as err:
+            console.print(f"[yellow]warning[/]: {err}", highlight=False)
+        for step in plan_steps(recipe, run_dir):
+            console.print(
+                f"step {step['name']}: {' '.join(step['command'])}", markup=False, highlight=False, soft_wrap=True
+            )
         return 0
+    check_steps(loaded)
     run_dir = new_run_dir(root, recipe.name)
     extra_env |= tracking_env(recipe, run_dir)
     try:
@@ -355,6 +366,7 @@ def _launch(
             }
             for s in rendering.stages
         ],
+        steps=plan_steps(loaded.recipe, run_dir),
         status="running",
     )
     write_manifest(run_dir / MANIFEST, manifest)
@@ -374,20 +386,29 @@ def write_recipe_copy(loaded: LoadedRecipe, path: Path) -> None:
 
 
 def _run_stages(manifest: dict, run_dir: Path, env: dict[str, str], console: Console, stream: bool) -> int:
-    """Launch, in order, every stage not yet finished; stop at the first failure and record everything."""
+    """Launch, in order, every training stage not yet finished, then every step after training (export, eval,
+    report) not yet finished; stop at the first failure and record everything."""
     manifest_path = run_dir / MANIFEST
     manifest.update(status="running")
     returncode = 0
-    for record in manifest["stages"]:
-        if record["status"] == "ok":
+    ran: set[str] = set()
+    steps = manifest.get("steps", [])
+    for index, record in enumerate([*manifest["stages"], *steps]):
+        is_step = index >= len(manifest["stages"])
+        if is_done(record, ran) if is_step else record["status"] == "ok":
             continue
+        ran.add(record["name"])
         record.update(status="running", started=now())
         write_manifest(manifest_path, manifest)
         name, output_dir = record["name"], Path(record["output_dir"])
         log_path = run_dir / "logs" / f"{name}.log"
         if log_path.exists():  # a resumed stage keeps the log of its earlier attempt
             log_path.replace(log_path.with_name(f"{name}.{datetime.now():%Y%m%d-%H%M%S}.log"))
-        result = run_stage(record["command"], env, log_path, output_dir / LOG_NAME, name, console, stream)
+        # Steps print what the user came for (eval progress, the score table), so they always stream.
+        echo = stream or is_step
+        if not is_step:
+            prepare_for_stage(run_dir / record["config"], log_path.with_name(f"{name}.tokenize.log"), env, console)
+        result = run_stage(record["command"], env, log_path, output_dir / LOG_NAME, name, console, echo)
         record.update(
             status="ok" if result.returncode == 0 else "failed",
             returncode=result.returncode,
@@ -399,11 +420,17 @@ def _run_stages(manifest: dict, run_dir: Path, env: dict[str, str], console: Con
         write_manifest(manifest_path, manifest)
         if result.returncode != 0:
             returncode = result.returncode
-            if returncode != 130 and not stream:
+            if returncode != 130 and not echo:
                 console.print(f"[red]stage {name} failed (exit {returncode}); last lines of {log_path}:[/]")
                 console.out(_tail(log_path), highlight=False)
+            elif returncode != 130:
+                console.print(
+                    f"[red]{'step' if is_step else 'stage'} {name} failed (exit {returncode}); log: {log_path}[/]"
+                )
             break
-        console.print(f"[green]stage {name} done[/] in {result.seconds:.0f} s -> {output_dir}")
+        console.print(
+            f"[green]{'step' if is_step else 'stage'} {name} done[/] in {result.seconds:.0f} s -> {output_dir}"
+        )
     manifest.update(
         status="ok" if returncode == 0 else ("interrupted" if returncode == 130 else "failed"), finished=now()
     )
@@ -444,7 +471,7 @@ def resume_run(
     if run_dir is None:
         raise UserError(f"no earlier run of {recipe.name} under {parent} to resume: start one with lfw run")
     manifest = json.loads((run_dir / MANIFEST).read_text())
-    if manifest.get("status") == "ok":
+    if manifest.get("status") == "ok" and not pending(manifest["stages"], manifest.get("steps", [])):
         raise UserError(f"{run_dir} finished already: nothing to resume (lfw run without --resume starts anew)")
     changes = changed_keys(manifest.get("recipe", {}).get("resolved"), loaded.resolved)
     if changes:

@@ -1,4 +1,5 @@
-"""`lfw data check` / `lfw data convert`: validate a dataset before any GPU time, fix the container.
+"""`lfw data check` / `convert` / `prepare`: validate a dataset before any GPU time, fix the container, tokenize
+ahead of a GPU job.
 
 Only click is imported at module level; the checker (`lfw.datacheck`) and rich are imported when a command
 runs, so listing commands stays instant.
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from lfw.commands.options import gpus_option, recipe_argument, set_option
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -100,6 +103,36 @@ def convert(src: Path, out: Path, split: str | None) -> None:
     with written.open("rb") as fh:
         rows = sum(1 for _ in fh)
     click.echo(f"wrote {rows} rows to {written}")
+
+
+@data.command()
+@recipe_argument
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the runs will go (default: the recipe's output_dir); the cache is its .tokenized folder.",
+)
+@gpus_option
+@set_option
+def prepare(recipe: str, output_dir: Path | None, gpus: int | None, overrides: tuple[str, ...]) -> None:
+    """Tokenize every stage's data with LLaMA-Factory now, so the GPU job starts training at once.
+
+    The tokenized sets go to <output_dir>/.tokenized/<hash> (or $LFW_CACHE_DIR/tokenized), named by a hash of
+    what changes the tokens; `lfw run` of the same recipe on any node that sees the folder loads them.
+
+    Example: lfw data prepare recipes/qwen3_4b_qlora_sft_dpo_4gpu.yml
+    """
+    from rich.console import Console
+
+    from lfw.launch import resolve_target
+    from lfw.recipe_loader import load_recipe
+    from lfw.tokenized import prepare_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    target = resolve_target(loaded.recipe.hardware, gpus)
+    root = (output_dir or Path(loaded.recipe.output_dir)).expanduser().resolve()
+    prepare_recipe(loaded, target, root, Console(highlight=False, soft_wrap=True))
 
 
 def print_report(report: DataReport, console: Console, max_problems: int = 20) -> None:
