@@ -127,3 +127,22 @@ def test_status_imports_no_heavy_modules(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "CODE=0 HEAVY=", proc.stdout[-500:]
+
+
+def test_status_lists_the_steps_after_training_and_the_live_line_matches(tmp_path, capsys):
+    from lfw.progress import describe
+
+    run = write_run(tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["steps"] = [{"name": "export-1-sft", "status": "ok", "seconds": 9.4}, {"name": "eval-base"}]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "\nexport-1-sft  ok  9 s\n" in out and "\neval-base  pending\n" in out
+    assert out.count("eval loss 2.5031") == 1
+    assert [s["name"] for s in status_of(run, capsys)["steps"]] == ["export-1-sft", "eval-base"]
+    # lfw run's live line for one trainer_log record says it in the same words as lfw status
+    live = describe(SFT_LOG[2])  # eta stays in the live line; a finished stage's status drops it
+    assert live.startswith("step 10/10  epoch 1.00  loss 2.5000  lr 5.00e-05  eta 0:00:00  1,480 tokens/s")
+    assert live.replace("  eta 0:00:00", "") in out

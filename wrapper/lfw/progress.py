@@ -34,12 +34,10 @@ def read_trainer_log(path: Path) -> list[dict[str, Any]]:
 
 
 def describe(record: dict[str, Any]) -> str:
-    parts = [f"step {record.get('current_steps', '?')}/{record.get('total_steps', '?')}"]
-    if "loss" in record:
-        parts.append(f"loss {record['loss']:.4f}" if isinstance(record["loss"], (int, float)) else "")
-    if record.get("remaining_time"):
-        parts.append(f"eta {record['remaining_time']}")
-    return "  ".join(p for p in parts if p)
+    """The live line for the newest trainer_log record, in `lfw status`'s words."""
+    from lfw.status import StageStatus, describe_progress, fold_log  # status reads logs with this module
+
+    return describe_progress(fold_log(StageStatus("", "running"), [record]))
 
 
 class TrainingProgress:

@@ -60,6 +60,7 @@ class RunStatus:
     created: str | None
     finished: str | None
     stages: list[StageStatus]
+    steps: list[dict[str, Any]] = field(default_factory=list)  # after training: name, status, seconds
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,13 +100,9 @@ def _perplexity(loss: float) -> float:
         return math.inf
 
 
-def stage_status(record: dict[str, Any]) -> StageStatus:
-    """One stage of the manifest, with what its trainer_log.jsonl says (nothing yet before the first log)."""
-    stage = StageStatus(name=str(record.get("name")), status=str(record.get("status", "unknown")))
-    stage.seconds = _number(record, "seconds")
-    output_dir = record.get("output_dir")
-    logs = read_trainer_log(Path(output_dir) / LOG_NAME) if output_dir else []
-    for entry in logs:  # later records win: each field keeps its newest value
+def fold_log(stage: StageStatus, entries: list[dict[str, Any]]) -> StageStatus:
+    """Fold trainer_log.jsonl records into `stage`: each field keeps its newest value."""
+    for entry in entries:
         if isinstance(entry.get("current_steps"), int):
             stage.step = entry["current_steps"]
         if isinstance(entry.get("total_steps"), int):
@@ -132,14 +129,23 @@ def stage_status(record: dict[str, Any]) -> StageStatus:
             stage.elapsed = str(entry["elapsed_time"])
         if entry.get("remaining_time"):
             stage.eta = str(entry["remaining_time"])
+    return stage
+
+
+def stage_status(record: dict[str, Any]) -> StageStatus:
+    """One stage of the manifest, with what its trainer_log.jsonl says (nothing yet before the first log)."""
+    stage = StageStatus(name=str(record.get("name")), status=str(record.get("status", "unknown")))
+    stage.seconds = _number(record, "seconds")
+    output_dir = record.get("output_dir")
+    fold_log(stage, read_trainer_log(Path(output_dir) / LOG_NAME) if output_dir else [])
     if stage.status != "running":
         stage.eta = None  # LF's remaining time means nothing once the stage stopped
     return stage
 
 
-def describe_stage(stage: StageStatus) -> str:
-    """One line per stage, with only what is known (a stage that has not logged yet shows its status alone)."""
-    parts = [stage.name, stage.status]
+def describe_progress(stage: StageStatus) -> str:
+    """What training says so far (step, loss, lr, ETA, tokens/s, memory, eval), for `lfw status` and `lfw run`."""
+    parts = []
     if stage.step is not None:
         parts.append(f"step {stage.step}/{stage.total_steps if stage.total_steps is not None else '?'}")
     if stage.epoch is not None:
@@ -158,11 +164,17 @@ def describe_stage(stage: StageStatus) -> str:
         parts.append(f"GPU {stage.gpu_memory_gib:.2f} GiB reserved")
     if stage.last_eval is not None:
         parts.append(f"eval loss {stage.last_eval.eval_loss:.4f} (perplexity {stage.last_eval.perplexity:.2f})")
+    return "  ".join(parts)
+
+
+def describe_stage(stage: StageStatus) -> str:
+    """One line per stage, with only what is known (a stage that has not logged yet shows its status alone)."""
+    parts = [stage.name, stage.status, describe_progress(stage)]
     if stage.seconds is not None:
         parts.append(f"{stage.seconds:.0f} s")
     elif stage.elapsed:
         parts.append(f"elapsed {stage.elapsed}")
-    return "  ".join(parts)
+    return "  ".join(p for p in parts if p)
 
 
 def run_status(path: Path) -> RunStatus:
@@ -181,4 +193,8 @@ def run_status(path: Path) -> RunStatus:
         created=manifest.get("created"),
         finished=manifest.get("finished"),
         stages=[stage_status(record) for record in manifest.get("stages", [])],
+        steps=[
+            {"name": step.get("name"), "status": step.get("status", "pending"), "seconds": _number(step, "seconds")}
+            for step in manifest.get("steps", [])
+        ],
     )

@@ -38,6 +38,9 @@ def status(run_dir: Path, as_json: bool) -> None:
         )
     for stage in report.stages:
         console.print(describe_stage(stage), markup=False, highlight=False, soft_wrap=True)
+    for step in report.steps:
+        seconds = f"  {step['seconds']:.0f} s" if step["seconds"] is not None else ""
+        console.print(f"{step['name']}  {step['status']}{seconds}", markup=False, highlight=False, soft_wrap=True)
     for stage in report.stages:
         if len(stage.evaluations) > 1:
             evals = Table(title=f"{escape(stage.name)}: evaluations on the held-out data", title_justify="left")
