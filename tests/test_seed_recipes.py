@@ -61,6 +61,10 @@ def test_000_qlora_sft_then_dpo(tiny, tmp_path, offline_env, capsys):
             "training.global_batch_size=4",
             "training.micro_batch_size=2",
             "training.max_steps=2",
+            f"eval.benchmarks=[{{path: {tiny['sft_alpaca']}, kind: alpaca, name: syn}}]",
+            "eval.backend=hf",
+            "eval.limit=2",
+            "eval.max_new_tokens=4",
         ],
     )
     for stage in ("1-sft", "2-dpo"):
@@ -72,15 +76,13 @@ def test_000_qlora_sft_then_dpo(tiny, tmp_path, offline_env, capsys):
     assert dpo["status"] == "ok" and dpo["step"] == 2 and dpo["tokens_per_second"] > 0 and dpo["total_tokens"] > 0
     assert dpo["accuracy"] is not None  # DPO's rewards/accuracies
 
-    # The rest of the seed's pipeline, as the recipe's comment says to run it: merge, evaluate three models, report.
-    assert main(["export", str(run_dir), "--stage", "1-sft"]) == 0
-    assert main(["export", str(run_dir)]) == 0
-    bench = ["--bench", f"alpaca:{tiny['sft_alpaca']}", "--backend", "hf", "--limit", "2", "--max-new-tokens", "4"]
-    models = [f"base={tiny['model']}", f"sft={run_dir / 'export-1-sft'}", f"dpo={run_dir / 'export'}"]
-    assert main(["eval", *models, *bench, "-o", str(tmp_path / "evals")]) == 0
-    assert main(["report", str(run_dir), str(tmp_path / "evals"), "-o", str(tmp_path / "report")]) == 0
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "| benchmark | metric | base | sft | dpo |" in report and "| 2-dpo | ok |" in report
+    # The rest of the seed's pipeline ran in the same `lfw run`: merge both stages, score three models, report.
+    for stage in ("1-sft", "2-dpo"):
+        assert json.loads((run_dir / "export" / stage / "lineage.json").read_text())["verify"]["loads"]
+    for label in ("base", "1-sft", "2-dpo"):
+        assert json.loads((run_dir / "eval" / label / "summary.json").read_text())["benchmarks"]["syn"]["samples"] == 2
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "| benchmark | metric | base | 1-sft | 2-dpo |" in report and "| 2-dpo | ok |" in report
 
 
 @pytest.mark.slow
