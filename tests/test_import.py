@@ -47,7 +47,7 @@ REGISTRY = {
     "demo_pairs": {"file_name": "demo_pairs.json", "ranking": True, "formatting": "sharegpt",
                    "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
     "demo_text": {"file_name": "demo_text.jsonl", "columns": {"prompt": "text"}},
-    "hub_only": {"hf_hub_url": "someone/some-data"},
+    "hub_only": {"om_hub_url": "someone/some-data"},
     "demo_subset": {"file_name": "demo_alpaca.json", "num_samples": 1},
 }  # fmt: skip
 COMMON = """model_name_or_path: Qwen/Qwen3-0.6B
@@ -252,9 +252,7 @@ def test_each_unsupported_key_is_refused_with_its_line_and_reason(lf_checkout: P
     )
     assert "bad.yaml:10 finetuning_type: 'oft' has no recipe method" in message
     assert "bad.yaml:12 ray_num_workers" in message and "does not run Ray" in message
-    assert (
-        "'hub_only'" in message and "hf_hub_url 'someone/some-data'" in message and "no hub dataset source" in message
-    )
+    assert "'hub_only'" in message and "om_hub_url 'someone/some-data'" in message and "neither a local file" in message
     assert "'demo_subset'" in message and "uses num_samples" in message
     assert "ds_z2_offload.json is not one of the DeepSpeed configs lfw renders" in message
     assert "zero_optimization.offload_optimizer" in message

@@ -411,16 +411,18 @@ def dataset_layout(
     *,
     columns: dict[str, str] | None = None,
     tags: str | None = None,
+    rows: list[Any] | None = None,
 ) -> DataFormat:
     """The layout `lfw data check` reads `path` with (the recipe's format, columns, tags), from its first rows.
 
     Its `dataset_info_entry` is what dataset_info.json must register: every LLaMA-Factory column the data has and
     none it lacks. A path that does not exist here (rendering for another machine) or whose rows say too little
-    gets the format's defaults plus `columns`; `lfw run` checks the real file before any stage starts.
+    gets the format's defaults plus `columns`; `lfw run` checks the real file before any stage starts. `rows`:
+    the first rows read elsewhere (a hub dataset's cache), `path` then only names the data.
     """
     opts = _Options.build(fmt, None, None, None, columns, tags, None)
     p = Path(path)
-    sample = _head_rows(p) if p.exists() else []
+    sample = rows if rows is not None else _head_rows(p) if p.exists() else []
     found = _resolve_format(sample, opts, None, _Sink(str(p))) if sample else None
     if found is not None:
         return found

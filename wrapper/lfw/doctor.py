@@ -325,6 +325,8 @@ def check_recipe(
         thinking, looked = False, 0
         for stage in recipe.stages:
             for ds_spec in stage.datasets:
+                if ds_spec.path is None:
+                    continue  # hub data: not read here
                 text = _first_rows_text(resolve_path(ds_spec.path, base_dir))
                 if text is not None:
                     looked += 1

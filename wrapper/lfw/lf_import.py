@@ -116,7 +116,10 @@ STAGES = ("sft", "pt", "dpo", "kto", "rm")
 DEEPSPEED_KINDS = ("z0", "z2", "z3", "z3_offload")
 # What a dataset_info.json entry of a local file may carry; anything else has no recipe field.
 _ENTRY_KEYS = {"file_name", "file_sha1", "formatting", "ranking", "columns", "tags"}
-_HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+_HUB_KEYS = ("om_hub_url", "script_url", "cloud_file_name")
+# A hub entry (LF prefers hf_hub_url unless USE_MODELSCOPE_HUB): the recipe's id/hub, with subset, split, folder.
+_HUB_SOURCES = ("hf_hub_url", "ms_hub_url")
+_HUB_ENTRY_KEYS = _ENTRY_KEYS - {"file_name", "file_sha1"} | set(_HUB_SOURCES) | {"subset", "split", "folder"}
 
 
 class OmegaConfLoader(UniqueKeyLoader):
@@ -231,11 +234,13 @@ class _Translation:
             self.refuse("dataset", "no dataset to import", "add dataset: NAME (a name in dataset_info.json)")
             return []
         dir_text = str(self.config.get("dataset_dir", "data"))
-        if dataset_dir is None and (dir_text == "ONLINE" or dir_text.startswith("REMOTE:")):
+        if dataset_dir is None and dir_text == "ONLINE":  # LF: each name is a Hugging Face id of alpaca data
+            return [{"id": name, "format": "alpaca"} for name in names]
+        if dataset_dir is None and dir_text.startswith("REMOTE:"):
             self.refuse(
                 "dataset_dir",
-                f"{dir_text!r} reads datasets from the hub; recipes have no hub dataset source yet",
-                "download the data, register it with file_name in a local dataset_info.json, pass --dataset-dir",
+                f"{dir_text!r} reads datasets from the hub through a dataset_info.json on the hub",
+                "download that dataset_info.json into a local folder and pass it as --dataset-dir",
             )
             return []
         folder = dataset_dir.resolve() if dataset_dir else _absolute(dir_text, self.workdir)
@@ -262,15 +267,17 @@ class _Translation:
             self.refuse("dataset", f"{name!r} is not in {info_path}", "register it there, or pass --dataset-dir")
             return None
         hub = [key for key in _HUB_KEYS if key in entry]
-        if hub or "file_name" not in entry:
+        url_key = next((key for key in _HUB_SOURCES if key in entry), None)
+        if hub or ("file_name" not in entry and url_key is None):
             source = f"{hub[0]} {entry[hub[0]]!r}" if hub else "no file_name"
             self.refuse(
                 "dataset",
-                f"{name!r} in {info_path} is not a local file ({source}); recipes have no hub dataset source yet",
+                f"{name!r} in {info_path} is neither a local file nor a Hugging Face/ModelScope dataset ({source})",
                 "download the data and register it with file_name, or point the recipe at the file",
             )
             return None
-        extra_keys = sorted(set(entry) - _ENTRY_KEYS - ({"split"} if entry.get("split") == "train" else set()))
+        known = _HUB_ENTRY_KEYS if url_key else _ENTRY_KEYS | ({"split"} if entry.get("split") == "train" else set())
+        extra_keys = sorted(set(entry) - known)
         if extra_keys:
             self.refuse(
                 "dataset",
@@ -279,7 +286,12 @@ class _Translation:
             )
             return None
         fmt, extra = dataset_format(entry)
-        spec: dict[str, Any] = {"path": str(_absolute(str(entry["file_name"]), folder)), "format": fmt, "name": name}
+        if url_key:
+            source_keys = {"id": entry[url_key]} | ({"hub": "ms"} if url_key == "ms_hub_url" else {})
+            source_keys |= {key: entry[key] for key in ("subset", "split", "folder") if key in entry}
+        else:
+            source_keys = {"path": str(_absolute(str(entry["file_name"]), folder))}
+        spec: dict[str, Any] = {**source_keys, "format": fmt, "name": name}
         if fmt == "multimodal":
             spec["media_dir"] = str(media_dir)
         return {**spec, **extra}

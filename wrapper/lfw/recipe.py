@@ -91,7 +91,18 @@ class MethodSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    path: str = Field(description="Data file or folder (JSON, JSONL, Parquet, CSV); relative to the recipe.")
+    path: str | None = Field(
+        None, description="Local data file or folder (JSON, JSONL, Parquet, CSV); relative to the recipe."
+    )
+    id: str | None = Field(
+        None, description="Hub dataset instead of a local path, e.g. tatsu-lab/alpaca (LLaMA-Factory's hf_hub_url)."
+    )
+    hub: Literal["hf", "ms"] | None = Field(
+        None, description="Hub of `id`: hf (Hugging Face, hf_hub_url; the default) or ms (ModelScope, ms_hub_url)."
+    )
+    subset: str | None = Field(None, description="Hub dataset: configuration (subset) name.")
+    split: str | None = Field(None, description="Hub dataset: split to train on (LLaMA-Factory's default: train).")
+    folder: str | None = Field(None, description="Hub dataset: folder of the repository that holds the data.")
     format: DatasetFormat = Field(
         description="alpaca, sharegpt, openai, preference, preference_sharegpt, kto, multimodal, text."
     )
@@ -102,6 +113,18 @@ class DatasetSpec(Strict):
     )
     columns: dict[str, str] | None = Field(None, description="Column renames on top of the format's defaults.")
     media_dir: str | None = Field(None, description="Folder that image/video/audio paths are relative to.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.path is None) == (self.id is None):
+            raise ValueError(
+                "a dataset needs exactly one of path (local file or folder) or id (hub dataset, e.g. tatsu-lab/alpaca)"
+            )
+        hub_only = [key for key in ("hub", "subset", "split", "folder") if getattr(self, key) is not None]
+        if self.path is not None and hub_only:
+            keys = ", ".join(hub_only)
+            raise ValueError(f"{keys} belong to a hub dataset (id:); a local path takes the file or folder itself")
+        return self
 
 
 # Upper bounds far above any real run (Qwen3-14B at 32k tokens, global batch 4096), so a typo or an extra zero

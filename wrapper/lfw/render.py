@@ -7,6 +7,8 @@ of (recipe, target, run directory, installed versions): render twice, get the sa
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -19,10 +21,11 @@ import jinja2
 import yaml
 
 from lfw import __version__
-from lfw.datacheck import DataFormat, dataset_layout
+from lfw.datacheck import SAMPLE_ROWS, DataFormat, dataset_layout
 from lfw.errors import Problem, ProblemCollector, UserError
+from lfw.hub_data import hub_name, hub_rows, hub_source
 from lfw.launch import Target, gradient_accumulation, precision_flags
-from lfw.lf_keys import KeySet, known_keys
+from lfw.lf_keys import KeySet, cache_dir, known_keys
 from lfw.model_arch import read_config
 from lfw.recipe import DatasetSpec
 from lfw.recipe_loader import LoadedRecipe
@@ -81,14 +84,46 @@ def _yaml_scalar(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+_JINJA_OPTIONS: dict[str, Any] = {
+    "undefined": jinja2.StrictUndefined,
+    "keep_trailing_newline": True,
+    "trim_blocks": True,
+    "lstrip_blocks": True,
+    "autoescape": False,
+}
+
+
+class _TemplateCache(jinja2.FileSystemBytecodeCache):
+    """Compiled templates on disk: parsing them was most of a render's own time. jinja2 checks each entry against
+    the template's source; a cache it cannot read or write costs a recompile, never an error."""
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, EOFError, ValueError, TypeError):
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def _template_cache() -> _TemplateCache | None:
+    # The folder is keyed by jinja2's version and the options, which change the compiled code but not the source.
+    tag = hashlib.sha256(repr((jinja2.__version__, sorted(_JINJA_OPTIONS.items()))).encode()).hexdigest()[:16]
+    folder = cache_dir() / "jinja2" / tag
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return _TemplateCache(str(folder))
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resources.files("lfw") / "templates")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
+        bytecode_cache=_template_cache(),
+        **_JINJA_OPTIONS,
     )
     env.filters["yaml"] = _yaml_scalar
     return env
@@ -106,18 +141,35 @@ def model_location(text: str, base_dir: Path) -> str:
     return str(local) if looks_local else text
 
 
-def _layout(spec: DatasetSpec, path: Path) -> DataFormat:
-    """The data's layout as `lfw data check` reads it: one source for what dataset_info.json registers."""
-    return dataset_layout(path, spec.format, columns=spec.columns, tags=spec.tags)
+def _data_path(spec: DatasetSpec, base_dir: Path) -> Path | None:
+    """The local data's absolute path; None for a hub dataset (`id:`)."""
+    return None if spec.path is None else resolve_path(spec.path, base_dir)
 
 
-def _dataset_entry(spec: DatasetSpec, path: Path) -> dict[str, Any]:
+def _layout(spec: DatasetSpec, path: Path | None) -> DataFormat:
+    """The data's layout as `lfw data check` reads it: one source for what dataset_info.json registers.
+
+    Hub data: read from its head in the local datasets cache (never the network: rendering stays offline), else
+    the format's defaults plus the recipe's columns and tags.
+    """
+    rows = (hub_rows(spec, SAMPLE_ROWS, offline=True)[0] or []) if path is None else None
+    return dataset_layout(path or str(spec.id), spec.format, columns=spec.columns, tags=spec.tags, rows=rows)
+
+
+def _dataset_entry(spec: DatasetSpec, path: Path | None) -> dict[str, Any]:
     """Every LLaMA-Factory column the data has (system, history, tools, media, ...), under its real key."""
-    return _layout(spec, path).dataset_info_entry(str(path))
+    entry = _layout(spec, path).dataset_info_entry(str(path))
+    if path is None:  # hf_hub_url / ms_hub_url (+ subset, split, folder) in place of file_name
+        entry = hub_source(spec) | {key: value for key, value in entry.items() if key != "file_name"}
+    return entry
 
 
-def _dataset_name(spec: DatasetSpec, path: Path) -> str:
-    return spec.name or re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem if path.suffix else path.name)
+def _dataset_name(spec: DatasetSpec, path: Path | None) -> str:
+    if spec.name:
+        return spec.name
+    if path is None:
+        return hub_name(spec)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem if path.suffix else path.name)
 
 
 def build_dataset_info(loaded: LoadedRecipe) -> tuple[dict[str, Any], list[list[str]]]:
@@ -127,7 +179,7 @@ def build_dataset_info(loaded: LoadedRecipe) -> tuple[dict[str, Any], list[list[
     for index, stage in enumerate(loaded.recipe.stages):
         names = []
         for ds_index, spec in enumerate(stage.datasets):
-            path = resolve_path(spec.path, loaded.base_dir)
+            path = _data_path(spec, loaded.base_dir)
             try:
                 entry = _dataset_entry(spec, path)
             except UserError as err:  # a column name LLaMA-Factory does not have
@@ -159,10 +211,11 @@ def _media_dir(loaded: LoadedRecipe, stage_index: int) -> str | None:
     """LLaMA-Factory resolves image paths against one media_dir: the multimodal data's own folder."""
     folders = set()
     for spec in loaded.recipe.stages[stage_index].datasets:
-        data_path = resolve_path(spec.path, loaded.base_dir)
-        if spec.format == "multimodal" or spec.media_dir or _layout(spec, data_path).media:
-            folder = resolve_path(spec.media_dir, loaded.base_dir) if spec.media_dir else data_path.parent
-            folders.add(str(folder))
+        data_path = _data_path(spec, loaded.base_dir)
+        if spec.media_dir:
+            folders.add(str(resolve_path(spec.media_dir, loaded.base_dir)))
+        elif data_path is not None and (spec.format == "multimodal" or _layout(spec, data_path).media):
+            folders.add(str(data_path.parent))  # hub data carries its media (bytes, URLs) in the rows
     if len(folders) > 1:
         raise UserError(
             [

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from lfw.datacheck import DataReport
 from lfw.errors import Problem, ProblemCollector, UserError
+from lfw.hub_data import check_hub_data
 from lfw.launch import Target, launch_env
 from lfw.manifest import base_manifest, git_commit, now, safe_environment, write_manifest
 from lfw.pipeline import check_steps, is_done, pending, plan_steps
@@ -112,6 +113,10 @@ def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str], *, dry_
         problems.add(f"{source} {where}", message, fix)
     for s_index, stage in enumerate(recipe.stages):
         for d_index, spec in enumerate(stage.datasets):
+            if spec.path is None:
+                where = f"{source} stages[{s_index}].datasets[{d_index}]"
+                warnings += check_hub_data(spec, stage.stage, where, problems)
+                continue
             path = resolve_path(spec.path, loaded.base_dir)
             if not path.exists():
                 problems.add(
@@ -134,6 +139,8 @@ def check_data(loaded: LoadedRecipe) -> list[tuple[int, int, DataReport]]:
     to_convert = []
     for s_index, stage in enumerate(loaded.recipe.stages):
         for d_index, spec in enumerate(stage.datasets):
+            if spec.path is None:
+                continue  # hub data: checked by preflight
             report = check_dataset(
                 resolve_path(spec.path, loaded.base_dir),
                 fmt=spec.format,

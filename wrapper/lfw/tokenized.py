@@ -94,6 +94,8 @@ def _tokenizer_identity(model: str) -> Any:
 def _dataset_identity(entry: dict[str, Any]) -> dict[str, Any]:
     """A dataset_info.json entry with its file replaced by the content's hash: same data anywhere, same key."""
     entry = dict(entry)
+    if "file_name" not in entry:  # hub data: its id, subset, split and folder (LF pins no revision)
+        return entry
     path = Path(entry.pop("file_name"))
     entry["content"] = _digest_path(path) if path.exists() else str(path)
     return entry
