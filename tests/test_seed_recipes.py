@@ -35,6 +35,13 @@ def run_recipe(recipe: str, out: Path, overrides: list[str]) -> Path:
     return run_dir
 
 
+def stage_log(run_dir: Path, stage: str) -> str:
+    """What LLaMA-Factory printed for a stage: its training log and, first, lfw's tokenize-once worker, where LF
+    tokenizes (and prints its first example) when the tokenized cache is new."""
+    logs = [run_dir / "logs" / f"{stage}.tokenize.log", run_dir / "logs" / f"{stage}.log"]
+    return "".join(p.read_text(errors="replace") for p in logs if p.is_file())
+
+
 def trainer_log(stage_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (stage_dir / "trainer_log.jsonl").read_text().splitlines()]
 
@@ -101,7 +108,7 @@ def test_001_full_sft_zero3_swanlab_every_5_steps(tiny, tmp_path, offline_env, m
             "tracking.swanlab.mode=local",
         ],
     )
-    log = (run_dir / "logs" / "1-sft.log").read_text(errors="replace")
+    log = stage_log(run_dir, "1-sft")
     assert "DeepSpeed" in log and "Fine-tuning method: Full" in log
     (logged,) = [r for r in trainer_log(run_dir / "1-sft") if "loss" in r]
     assert logged["current_steps"] == 5
@@ -199,7 +206,7 @@ def test_003_llava_style_lora_on_a_tiny_qwen2_vl(tiny, tmp_path, offline_env):
             "training.max_steps=2",
         ],
     )
-    log = (run_dir / "logs" / "1-sft.log").read_text(errors="replace")
+    log = stage_log(run_dir, "1-sft")
     assert "Set vision model not trainable: ['visual.patch_embed', 'visual.blocks']" in log
     assert "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>" in log  # 4 tokens
     adapter = json.loads((run_dir / "1-sft" / "adapter_config.json").read_text())
@@ -271,7 +278,7 @@ def test_004_full_sft_deepspeed_on_chosen_answers_with_eval_perplexity(tiny, tmp
             "training.eval_steps=2",
         ],
     )
-    log = (run_dir / "logs" / "1-sft.log").read_text(errors="replace")
+    log = stage_log(run_dir, "1-sft")
     assert "DeepSpeed" in log and "Fine-tuning method: Full" in log
     # LF prints its first training example: the whole text, then what the loss is computed on.
     inputs, _, rest = log.split("inputs:\n", 1)[1].partition("label_ids:")
