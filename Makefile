@@ -39,7 +39,7 @@ tiny: setup
 demo: tiny setup-vllm
 	bash scripts/demo.sh
 
-test: tiny setup-vllm
+test: tiny setup-vllm lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
