@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "wrapper"))
 
-from lfw.model_arch import PRESETS  # noqa: E402  (pure: no torch)
-from lfw.plan import GIB, PlanInput, choose_micro_batch, estimate  # noqa: E402
+from lfw.preflight.memory.planner import GIB, PlanInput, choose_micro_batch, estimate  # noqa: E402
+from lfw.preflight.memory.shapes import PRESETS  # noqa: E402  (pure: no torch)
 
 MODELS = {"0.6B": "qwen3-0.6b", "4B": "qwen3-4b"}
 METHODS = ("lora", "qlora", "full")

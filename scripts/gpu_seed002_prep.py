@@ -135,7 +135,7 @@ def _steady(trainer_log: Path, skip: int) -> dict:
 
 def _plan_figures(plan_txt: Path) -> dict:
     """The first `lfw plan` table's peak (nvidia-smi-like: reserved + CUDA context) split into its parts."""
-    from lfw.plan import CUDA_CONTEXT_BYTES, GIB
+    from lfw.preflight.memory.planner import CUDA_CONTEXT_BYTES, GIB
 
     text = plan_txt.read_text()
 

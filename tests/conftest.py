@@ -104,8 +104,8 @@ def tiny_recipe(tiny: dict[str, Path], **changes) -> dict:
 
 def bundled_targets():
     """Each bundled recipe with the target it is meant for (the 14B one on 4 GPUs of unknown model)."""
-    from lfw.launch import Target
-    from lfw.recipe_loader import bundled_recipes_dir, load_recipe
+    from lfw.launch.target import Target
+    from lfw.recipe.loader import bundled_recipes_dir, load_recipe
 
     for path in sorted(bundled_recipes_dir().glob("*.yml")):
         hardware = load_recipe(str(path)).recipe.hardware

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import tiny_recipe
 from lfw.cli import main
-from lfw.export import plan_from_run
+from lfw.post.export.export import plan_from_run
 
 
 @pytest.mark.slow

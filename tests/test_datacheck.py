@@ -1,4 +1,4 @@
-"""Tests for `lfw data check` (lfw.datacheck + lfw.commands.data).
+"""Tests for `lfw data check` (lfw.preflight.data.check + lfw.cli.data).
 
 Fixtures in tests/fixtures/data hold one file per failure kind; LLaMA-Factory's own demo datasets
 (../shared/lf-data) must pass. A slow test runs LLaMA-Factory's converters as the oracle.
@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lfw.commands.data import data as data_cli
-from lfw.datacheck import (
+from lfw.cli.data import data as data_cli
+from lfw.infra.errors import UserError
+from lfw.preflight.data.check import (
     FORMATS,
     DataFormat,
     check_dataset,
@@ -27,7 +28,6 @@ from lfw.datacheck import (
     detect_format,
     render_chatml,
 )
-from lfw.errors import UserError
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 LF_DATA = Path(__file__).resolve().parents[2] / "shared" / "lf-data"
@@ -594,7 +594,7 @@ def test_lengths_merge_over_folder_parts(tmp_path: Path) -> None:
 
 
 def test_suggested_cutoff_rounds_to_128_above_1024() -> None:
-    from lfw.datacheck import _length_stats
+    from lfw.preflight.data.check import _length_stats
 
     assert _length_stats([1500] * 10, None).suggested_cutoff_len == 1536
     assert _length_stats([100] * 10, None).suggested_cutoff_len == 128
@@ -654,8 +654,8 @@ def test_lfw_main_exit_codes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 
 def test_import_stays_light() -> None:
     code = (
-        "import sys, lfw.commands.data, lfw.datacheck\n"
-        "from lfw.datacheck import check_dataset\n"
+        "import sys, lfw.cli.data, lfw.preflight.data.check\n"
+        "from lfw.preflight.data.check import check_dataset\n"
         f"check_dataset({str(FIX / 'alpaca_ok.jsonl')!r})\n"
         "bad = [m for m in ('torch', 'transformers', 'llamafactory', 'vllm', 'pandas', 'datasets', 'pyarrow')"
         " if m in sys.modules]\n"

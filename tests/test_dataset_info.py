@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env, tiny_recipe
-from lfw.datacheck import check_dataset, dataset_layout, read_samples
-from lfw.launch import Target
-from lfw.recipe_loader import load_recipe
-from lfw.render import build_dataset_info, render
+from lfw.launch.target import Target
+from lfw.preflight.data.check import check_dataset, dataset_layout, read_samples
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import build_dataset_info, render
 
 LF_DATA = Path("/work/shared/lf-data")
 FIX = Path(__file__).parent / "fixtures" / "data"
@@ -160,7 +160,7 @@ def test_render_stays_light(tmp_path: Path, write_recipe) -> None:
         "stages": [{"stage": "sft", "datasets": [{"path": "media.json", "format": "multimodal"}]}],
     }
     code = (
-        "import sys\nfrom lfw.recipe_loader import load_recipe\nfrom lfw.render import build_dataset_info\n"
+        "import sys\nfrom lfw.recipe.loader import load_recipe\nfrom lfw.rendering.render import build_dataset_info\n"
         f"info, _ = build_dataset_info(load_recipe({str(write_recipe(recipe))!r}))\n"
         "assert info['media']['columns']['videos'] == 'videos', info\n"
         "print(','.join(m for m in ('torch', 'transformers', 'llamafactory', 'PIL', 'pyarrow') if m in sys.modules))"

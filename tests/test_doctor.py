@@ -11,10 +11,20 @@ import sys
 import pytest
 from tests.conftest import minimal_recipe
 
-from lfw.doctor import FAIL, OK, WARN, check_caches, check_gpus, check_recipe, check_versions, check_vllm, run_doctor
-from lfw.errors import UserError
-from lfw.gpus import GPU, driver_version, visible_gpus
-from lfw.recipe_loader import load_recipe
+from lfw.infra.errors import UserError
+from lfw.infra.hardware import GPU, driver_version, visible_gpus
+from lfw.preflight.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    check_caches,
+    check_gpus,
+    check_recipe,
+    check_versions,
+    check_vllm,
+    run_doctor,
+)
+from lfw.recipe.loader import load_recipe
 
 ALL = {
     "llamafactory": "0.9.5",
@@ -49,7 +59,7 @@ def test_versions_from_metadata() -> None:
     assert by_name(checks, "LLaMA-Factory").status == FAIL
 
 
-# nvidia-smi as lfw.gpus asks it: the inventory, or the driver version alone.
+# nvidia-smi as lfw.infra.hardware asks it: the inventory, or the driver version alone.
 FAKE_SMI = """#!/bin/sh
 case "$*" in
   *driver_version*) printf '535.1\\n535.1\\n535.1\\n' ;;
@@ -86,7 +96,7 @@ def test_doctor_sees_the_gpus_a_run_would_use(fake_smi) -> None:
 
 
 def test_vllm_found_as_serve_finds_it(tmp_path, monkeypatch) -> None:
-    from lfw.vllm_env import vllm_python
+    from lfw.infra.vllm_env import vllm_python
 
     broken = check_vllm({"LFW_VLLM_PYTHON": sys.executable})  # a Python without vLLM: misconfigured
     assert broken.status == FAIL and "cannot import vllm" in broken.detail
@@ -99,7 +109,7 @@ def test_vllm_found_as_serve_finds_it(tmp_path, monkeypatch) -> None:
     if python is not None:  # `make setup-vllm` ran: doctor names the same interpreter serve would start
         found = check_vllm({})
         assert found.status == OK and python in found.detail and "vllm" in found.detail
-    monkeypatch.setattr("lfw.vllm_env._candidate_venvs", lambda: [tmp_path / "no-venv"])
+    monkeypatch.setattr("lfw.infra.vllm_env._candidate_venvs", lambda: [tmp_path / "no-venv"])
     monkeypatch.setenv("PATH", str(tmp_path))
     none = check_vllm({})
     assert none.status == WARN and "no Python with vLLM found" in none.detail

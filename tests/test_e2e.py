@@ -17,8 +17,8 @@ import yaml
 
 from conftest import tiny_recipe
 from lfw.cli import main
-from lfw.progress import read_trainer_log
-from lfw.runner import new_run_dir
+from lfw.launch.progress import read_trainer_log
+from lfw.launch.runner import new_run_dir
 
 
 def run_recipe(recipe: dict, tmp_path: Path, *extra: str) -> tuple[int, Path | None]:

@@ -20,11 +20,18 @@ import pytest
 import yaml
 
 from conftest import tiny_recipe
-from lfw.benchmarks import read_records, resolve
 from lfw.cli import main
-from lfw.errors import UserError
-from lfw.evaluate import EVAL_FILES, SAMPLES, check_outputs_are_evals, load_benchmarks, parse_model, unique_names
-from lfw.serve import build_command, make_options
+from lfw.infra.errors import UserError
+from lfw.post.eval.benchmarks import read_records, resolve
+from lfw.post.eval.evaluate import (
+    EVAL_FILES,
+    SAMPLES,
+    check_outputs_are_evals,
+    load_benchmarks,
+    parse_model,
+    unique_names,
+)
+from lfw.post.serve import build_command, make_options
 
 REPO = Path(__file__).resolve().parents[1]
 MC_ROWS = [
@@ -199,7 +206,7 @@ def test_eval_prompts_the_model_as_lfw_serve_does(tmp_path, tiny, offline_env, c
 def test_worker_renders_prompts_with_the_model_template(tiny):
     from transformers import AutoTokenizer
 
-    from lfw.eval_worker import Renderer, prepare
+    from lfw.post.eval.worker import Renderer, prepare
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
     messages = [{"role": "user", "content": "What is 2+3?"}]
@@ -385,7 +392,7 @@ sys.exit(code)
 
 @pytest.fixture(scope="module")
 def vllm_env() -> None:
-    from lfw.vllm_env import ENV_VAR, VENV_NAME
+    from lfw.infra.vllm_env import ENV_VAR, VENV_NAME
 
     if not (REPO / VENV_NAME / "bin" / "python").is_file() and not os.environ.get(ENV_VAR):
         pytest.skip(f"no vLLM environment: {REPO / VENV_NAME} is absent (create it with `make setup-vllm`)")
@@ -462,7 +469,7 @@ def test_vllm_lora_float32_matches_hf(pipeline, vllm_env, tmp_path):
     """Both backends in float32 with the SFT adapter: the same greedy text and log-probabilities.
 
     On this CPU (AVX2, no bf16 instructions) vLLM's dtype auto is float32 in lfw (emulated bf16 was 5x
-    slower, see lfw.eval_worker.vllm_dtype), so this is also what `lfw eval` does by default here. What
+    slower, see lfw.post.eval.worker.vllm_dtype), so this is also what `lfw eval` does by default here. What
     remains different is kernel arithmetic (vLLM's CPU attention and LoRA kernels vs the merged weights
     transformers runs, other summation orders): ~1e-6 on log-probabilities, which would flip a greedy token
     only on an exact tie. Measured here: all 120 predictions identical, log-probabilities within 1e-6.

@@ -23,8 +23,9 @@ import yaml
 
 from conftest import REPO, tiny_recipe
 from lfw.cli import main
-from lfw.errors import UserError
-from lfw.export import (
+from lfw.infra.errors import UserError
+from lfw.launch.target import Target
+from lfw.post.export.export import (
     LINEAGE,
     adapter_stack,
     export,
@@ -33,9 +34,8 @@ from lfw.export import (
     render_export_config,
     strip_machine_keys,
 )
-from lfw.launch import Target
-from lfw.recipe_loader import load_recipe
-from lfw.render import render
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import render
 
 _EXPORTS: dict[str, tuple[Path, Path, Path]] = {}
 

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from conftest import REPO, clean_env, minimal_recipe, tiny_recipe
-from lfw.errors import UserError
-from lfw.launch import Target
-from lfw.recipe_loader import load_recipe
-from lfw.render import build_dataset_info, render
-from lfw.runner import preflight
+from lfw.infra.errors import UserError
+from lfw.launch.runner import preflight
+from lfw.launch.target import Target
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import build_dataset_info, render
 
 ALPACA = [
     {"instruction": "Capital of France?", "input": "", "output": "Paris", "system": "Answer in one word."},
@@ -186,7 +186,7 @@ def test_llamafactory_loads_the_rendered_hub_entries_offline(tmp_path: Path, tin
 
 
 def test_import_maps_hub_entries_to_recipe_fields(tmp_path: Path, write_recipe, hf_home) -> None:
-    from lfw.lf_import import import_config
+    from lfw.recipe.lf_import import import_config
 
     data = tmp_path / "data"
     data.mkdir()
@@ -211,7 +211,7 @@ def test_import_maps_hub_entries_to_recipe_fields(tmp_path: Path, write_recipe, 
 
 
 def test_import_of_online_names_hub_ids(tmp_path: Path) -> None:
-    from lfw.lf_import import import_config
+    from lfw.recipe.lf_import import import_config
 
     source = tmp_path / "online.yaml"
     source.write_text(

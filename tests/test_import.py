@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from lfw.cli import cli
-from lfw.errors import UserError
-from lfw.launch import Target
-from lfw.lf_import import LF_DEFAULTS, check_imported, dataset_format, import_config
-from lfw.recipe_loader import load_recipe
-from lfw.render import render
+from lfw.infra.errors import UserError
+from lfw.launch.target import Target
+from lfw.recipe.lf_import import LF_DEFAULTS, check_imported, dataset_format, import_config
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import render
 
 # Keys lfw sets by policy (README, `lfw import`): each run its own directory, datasets registered by lfw, the
 # data tokenized once into lfw's cache, report_to none, transformers 5's warmup spelling, the long multi-GPU timeout.

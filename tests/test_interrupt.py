@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import clean_env, tiny_recipe
-from lfw.progress import read_trainer_log
+from lfw.launch.progress import read_trainer_log
 
 
 def _start(recipe: Path, *extra: str) -> subprocess.Popen:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lfw.gpus import GPU, visible_gpus
-from lfw.launch import Target, launch_env, resolve_target
-from lfw.recipe import HardwareSpec
+from lfw.infra.hardware import GPU, visible_gpus
+from lfw.launch.target import Target, launch_env, resolve_target
+from lfw.recipe.schema import HardwareSpec
 
 SMI = """#!/bin/sh
 case "$*" in
@@ -116,7 +116,7 @@ def test_cpu_processes_hide_gpus():
 
 
 def test_bad_rendezvous_value_is_a_user_error():
-    from lfw.errors import UserError
+    from lfw.infra.errors import UserError
 
     with pytest.raises(UserError, match="NNODES=two"):
         resolve_target(HardwareSpec(device="cpu"), env={"NNODES": "two"})

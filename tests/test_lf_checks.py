@@ -13,14 +13,14 @@ import pytest
 import yaml
 
 from conftest import minimal_recipe
-from lfw.errors import UserError
-from lfw.launch import Target
-from lfw.lf_keys import known_keys, rendered_keys
-from lfw.model_arch import preset_for
-from lfw.plan import PlanInput, estimate
-from lfw.recipe_loader import load_recipe
-from lfw.render import _yaml_scalar, render
-from lfw.stage_models import stage_models
+from lfw.infra.errors import UserError
+from lfw.launch.target import Target
+from lfw.preflight.memory.planner import PlanInput, estimate
+from lfw.preflight.memory.shapes import preset_for
+from lfw.recipe.lf_keys import known_keys, rendered_keys
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import _yaml_scalar, render
+from lfw.rendering.stage_models import stage_models
 
 RUN_DIR = Path("/RUN")
 
@@ -241,7 +241,7 @@ def test_added_tokens_with_a_reference_copy_are_refused(write_recipe):
 
 def test_oom_ladder_steps_keep_the_micro_batch_until_its_own_step():
     """Each step once was estimated at micro batch 1, so the first steps looked as if they already fitted."""
-    from lfw.plan import GIB, oom_ladder
+    from lfw.preflight.memory.planner import GIB, oom_ladder
 
     inp = PlanInput(preset_for("Qwen/Qwen3-4B"), method="full", micro_batch=8, cutoff_len=4096)
     steps = oom_ladder(inp, 24 * GIB)

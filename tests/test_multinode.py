@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from conftest import clean_env, tiny_recipe
-from lfw.errors import UserError
-from lfw.gpus import GPU
-from lfw.launch import gradient_accumulation, launch_env, require_rendezvous, resolve_target
-from lfw.recipe import HardwareSpec, TrainingSpec
+from lfw.infra.errors import UserError
+from lfw.infra.hardware import GPU
+from lfw.launch.target import gradient_accumulation, launch_env, require_rendezvous, resolve_target
+from lfw.recipe.schema import HardwareSpec, TrainingSpec
 
 H100 = GPU(0, "H100", 81559, 9.0)
 ENV = {"NNODES": "4", "NODE_RANK": "3", "MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "29400"}

@@ -25,11 +25,11 @@ import pytest
 import yaml
 
 from conftest import bundled_targets, clean_env, tiny_recipe
-from lfw.errors import UserError
-from lfw.launch import Target
-from lfw.recipe_loader import LoadedRecipe, load_recipe
-from lfw.render import model_location, render
-from lfw.runner import check_data, preflight
+from lfw.infra.errors import UserError
+from lfw.launch.runner import check_data, preflight
+from lfw.launch.target import Target
+from lfw.recipe.loader import LoadedRecipe, load_recipe
+from lfw.rendering.render import model_location, render
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("oracle_worker.py")
@@ -580,7 +580,7 @@ def test_dataset_rows_match_the_file(oracle, variant_id, index):
 @parametrize
 def test_dataset_rows_match_data_check(oracle, variant_id, index):
     """`lfw data check` reads each row as LF's aligner does (read_samples), so what it checked is what trains."""
-    from lfw.datacheck import read_samples
+    from lfw.preflight.data.check import read_samples
 
     case, facts = stage_facts(oracle, variant_id, index)
     assert "rows" in facts, facts.get("rows_error") or facts["parse"]

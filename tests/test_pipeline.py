@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lfw.cli import main
-from lfw.serve import running_server
+from lfw.post.serve import running_server
 from test_eval import GEN_TOKENS, bench_args, pipeline, run_vllm_eval, summary, vllm_env  # noqa: F401
 
 

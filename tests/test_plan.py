@@ -11,8 +11,7 @@ import pytest
 from tests.conftest import minimal_recipe
 
 from lfw.cli import main
-from lfw.model_arch import PRESETS, preset_for, resolve_arch
-from lfw.plan import (
+from lfw.preflight.memory.planner import (
     GIB,
     NF4_BYTES,
     PlanInput,
@@ -23,6 +22,7 @@ from lfw.plan import (
     oom_ladder,
     weight_bytes,
 )
+from lfw.preflight.memory.shapes import PRESETS, preset_for, resolve_arch
 
 Q06 = PRESETS["qwen3-0.6b"]
 Q4 = PRESETS["qwen3-4b"]

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import REPO, minimal_recipe, tiny_recipe
 from lfw.cli import main
-from lfw.errors import UserError
-from lfw.pipeline import plan_steps
-from lfw.recipe_loader import load_recipe
+from lfw.infra.errors import UserError
+from lfw.launch.pipeline import plan_steps
+from lfw.recipe.loader import load_recipe
 
 TWO_STAGES = [
     {"stage": "sft", "datasets": [{"path": "data.json", "format": "alpaca"}]},

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import minimal_recipe
-from lfw.errors import UserError
-from lfw.launch import Target
-from lfw.recipe_loader import load_recipe
-from lfw.render import render
+from lfw.infra.errors import UserError
+from lfw.launch.target import Target
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import render
 
 KEYS = [
     "name",

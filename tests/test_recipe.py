@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import minimal_recipe
-from lfw.errors import UserError
-from lfw.recipe_loader import load_recipe
+from lfw.infra.errors import UserError
+from lfw.recipe.loader import load_recipe
 
 
 def errors_of(path) -> str:
@@ -172,8 +172,8 @@ def test_extends_resolves_each_files_paths_against_its_own_folder(tmp_path, writ
 def test_extends_base_paths_reach_the_rendered_dataset_info(tmp_path, write_recipe):
     import json
 
-    from lfw.launch import Target
-    from lfw.render import render
+    from lfw.launch.target import Target
+    from lfw.rendering.render import render
 
     (tmp_path / "base").mkdir()
     write_recipe(minimal_recipe(), "base/base.yml")

@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from conftest import GOLDEN, REPO, bundled_targets, minimal_recipe
-from lfw.errors import UserError
-from lfw.gpus import GPU
-from lfw.launch import Target
-from lfw.recipe import HardwareSpec
-from lfw.recipe_loader import load_recipe
-from lfw.render import render
+from lfw.infra.errors import UserError
+from lfw.infra.hardware import GPU
+from lfw.launch.target import Target
+from lfw.recipe.loader import load_recipe
+from lfw.recipe.schema import HardwareSpec
+from lfw.rendering.render import render
 
 RUN_DIR = Path("/RUN")
 A100 = GPU(0, "NVIDIA A100-SXM4-80GB", 81920, 8.0)
@@ -178,7 +178,7 @@ def test_swanlab_renders_without_any_key(write_recipe, monkeypatch):
 
 
 def test_hardware_gpu_count_beyond_visible_is_refused():
-    from lfw.launch import resolve_target
+    from lfw.launch.target import resolve_target
 
     with pytest.raises(UserError, match="4 GPUs asked for but 2 visible"):
         resolve_target(HardwareSpec(gpus=4), env={}, detected=[A100, A100])

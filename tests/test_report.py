@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lfw.cli import cli, main
-from lfw.errors import UserError
-from lfw.report import build_report, collect, score_frame
+from lfw.infra.errors import UserError
+from lfw.post.report import build_report, collect, score_frame
 from test_eval import pipeline  # noqa: F401 - the shared session pipeline (built once, see test_eval)
 
 

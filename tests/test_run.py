@@ -16,10 +16,10 @@ import yaml
 
 from conftest import tiny_recipe
 from lfw.cli import cli, main
-from lfw.launch import Target
-from lfw.recipe_loader import load_recipe
-from lfw.render import render
-from lfw.runner import check_data, convert_folders
+from lfw.launch.runner import check_data, convert_folders
+from lfw.launch.target import Target
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import render
 
 
 def flat(text: str) -> str:
@@ -156,7 +156,7 @@ def test_cutoff_len_beyond_the_models_positions(tiny, tmp_path, runner):
 )
 def test_absurd_values_are_refused_at_load(tmp_path, key, value, message):
     from conftest import minimal_recipe
-    from lfw.errors import UserError
+    from lfw.infra.errors import UserError
 
     recipe = minimal_recipe()
     recipe["training"][key] = value

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lfw import scoring
-from lfw.benchmarks import KINDS, Item, Output
+from lfw.post.eval import scoring
+from lfw.post.eval.benchmarks import KINDS, Item, Output
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_sharegpt_adapter_uses_last_assistant_turn():
 
 
 def test_adapter_rejects_bad_rows_all_at_once():
-    from lfw.errors import UserError
+    from lfw.infra.errors import UserError
 
     rows = [{"question": "q", "choices": ["a", "b"], "answer": "Z"}, {"question": "", "choices": [], "answer": 0}]
     with pytest.raises(UserError) as err:

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from lfw.cli import main
-from lfw.errors import UserError
-from lfw.serve import (
+from lfw.infra.errors import UserError
+from lfw.infra.vllm_env import vllm_python
+from lfw.post.serve import (
     ServeOptions,
     VLLMServer,
     build_command,
@@ -31,7 +32,6 @@ from lfw.serve import (
     make_options,
     running_server,
 )
-from lfw.vllm_env import vllm_python
 from test_export import exported_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]

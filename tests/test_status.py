@@ -130,7 +130,7 @@ def test_status_imports_no_heavy_modules(tmp_path):
 
 
 def test_status_lists_the_steps_after_training_and_the_live_line_matches(tmp_path, capsys):
-    from lfw.progress import describe
+    from lfw.launch.progress import describe
 
     run = write_run(tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())

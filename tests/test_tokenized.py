@@ -12,10 +12,10 @@ import yaml
 
 from conftest import tiny_recipe
 from lfw.cli import main
-from lfw.launch import Target
-from lfw.recipe_loader import load_recipe
-from lfw.render import render
-from lfw.tokenized import MARKER, is_complete, prepare
+from lfw.launch.target import Target
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import render
+from lfw.rendering.tokenized import MARKER, is_complete, prepare
 
 RUN_DIR = Path("/RUN/t/stamp")
 

@@ -15,14 +15,14 @@ import yaml
 
 from conftest import minimal_recipe, tiny_recipe
 from lfw.cli import main
-from lfw.errors import UserError
-from lfw.launch import Target
-from lfw.manifest import safe_environment
-from lfw.progress import read_trainer_log
-from lfw.recipe_loader import load_recipe
-from lfw.render import render
-from lfw.runner import preflight
-from lfw.tracking import tracking_env
+from lfw.infra.errors import UserError
+from lfw.launch.manifest import safe_environment
+from lfw.launch.progress import read_trainer_log
+from lfw.launch.runner import preflight
+from lfw.launch.target import Target
+from lfw.recipe.loader import load_recipe
+from lfw.rendering.render import render
+from lfw.rendering.tracking import tracking_env
 
 ALL = {
     "tensorboard": True,

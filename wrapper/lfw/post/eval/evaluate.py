@@ -1,0 +1,477 @@
+"""`lfw eval`: score models on local benchmarks; generation in a worker process, scoring here.
+
+The split: the worker (``lfw.post.eval.worker``) runs in the vLLM environment (or this one, for the transformers
+backend) and only turns prompts into text and log-probabilities; everything that decides a score — the
+prompts, the answer extraction, math-verify, ROUGE, BLEU — runs here, in one place, identically for both
+backends. That keeps the vLLM environment free of lfw's dependencies and this process free of torch.
+
+Per model it writes ``OUT/<label>/``:
+
+* ``samples.jsonl``: one line per question (benchmark, prompt, prediction, reference, per-sample scores);
+* ``summary.json`` and ``summary.csv``: the metrics per benchmark, samples/s and tokens/s, backend, seed,
+  dtype and versions, which `lfw report` reads;
+* ``requests.jsonl``, ``predictions.jsonl``, ``worker.json``, ``worker.log``: what the worker was asked,
+  what it answered and its log, for when a number looks wrong.
+
+The same seed, model and benchmarks give the same samples and scores (greedy decoding, fixed order).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lfw import __version__
+from lfw.infra.errors import Problem, UserError
+from lfw.infra.owned import unlisted
+from lfw.post.eval.benchmarks import Benchmark, Output, resolve, subset
+from lfw.post.serve import chat_template_settings, read_lineage
+
+SUMMARY = "summary.json"
+SAMPLES = "samples.jsonl"
+# Every file an eval writes into OUT/<label>/: a folder holding anything else is not lfw's to overwrite.
+EVAL_FILES = (
+    SUMMARY, SAMPLES, "summary.csv", "requests.jsonl", "predictions.jsonl", "worker.json", "worker.log"
+)  # fmt: skip
+PROGRESS = "lfw-progress"  # the worker's progress prefix (lfw.post.eval.worker.PROGRESS; not imported: stays light)
+
+
+@dataclass
+class EvalOptions:
+    """Everything `lfw eval` needs besides the models and benchmarks; defaults match the CLI's."""
+
+    out: Path = Path("eval_results")
+    backend: str = "vllm"
+    adapter: str | None = None
+    limit: int | None = None
+    shuffle: bool = False
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # --thinking: over each model's lineage
+    vllm_python: str | None = None
+    bench_dir: str | None = None
+
+
+@dataclass
+class ModelSpec:
+    label: str
+    path: str
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # lineage.json's, as lfw serve uses
+    notes: list[str] = field(default_factory=list)
+
+
+def _label(text: str) -> str:
+    """A folder-safe label."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "model"
+
+
+def adapter_label(adapter: Path) -> str:
+    """``<run name>-<stage>`` for a stage of an lfw run (runs/NAME/STAMP/1-sft), else the folder name."""
+    adapter = adapter.resolve()
+    manifest = adapter.parent / "manifest.json"
+    if manifest.is_file():
+        try:
+            name = json.loads(manifest.read_text(encoding="utf-8"))["recipe"]["resolved"]["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            name = adapter.parent.parent.name
+        return f"{name}-{adapter.name}"
+    return adapter.name
+
+
+def parse_model(spec: str, adapter: str | None) -> ModelSpec:
+    """``[LABEL=]PATH``; a run directory is refused with the two ways to evaluate it."""
+    label, sep, path = spec.partition("=")
+    if not sep or not label or "/" in label or Path(spec).exists():
+        label, path = "", spec
+    local = Path(path).expanduser()
+    if (local / "manifest.json").is_file():
+        stages = sorted(p.name for p in local.iterdir() if (p / "adapter_config.json").is_file())
+        hint = f" or pass the base model with --adapter {local / stages[-1]}" if stages else ""
+        raise UserError(f"{path} is an lfw run directory: merge it first with `lfw export {path}`{hint}")
+    looks_local = path.startswith((".", "/", "~")) or local.exists() or path.count("/") != 1
+    if looks_local and not (local / "config.json").is_file():
+        raise UserError(f"model {path}: no config.json there (a model folder, an export, or a hub id)")
+    if not label:
+        label = local.name if looks_local else path.replace("/", "--")
+        if adapter:
+            label += "+" + adapter_label(Path(adapter))
+    if not looks_local:
+        return ModelSpec(_label(label), path)
+    kwargs, notes = chat_template_settings(read_lineage(local))
+    return ModelSpec(_label(label), str(local.resolve()), kwargs, notes)
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Names made distinct (each one a result folder): a repeat takes the first free -2, -3, ... that no
+    other given name already is, so ['a', 'a', 'a-2'] becomes ['a', 'a-3', 'a-2']. Case-insensitive, as
+    folders are on macOS and Windows."""
+    given = {name.casefold() for name in names}
+    used: set[str] = set()
+    out = []
+    for name in names:
+        candidate, number = name, 1
+        while candidate.casefold() in used or (number > 1 and candidate.casefold() in given):
+            number += 1
+            candidate = f"{name}-{number}"
+        used.add(candidate.casefold())
+        out.append(candidate)
+    return out
+
+
+def load_benchmarks(specs: Sequence[str], bench_dir: str | None) -> list[Benchmark]:
+    """Every benchmark, loaded and checked before any model is, so a typo costs no model load."""
+    benches = [resolve(spec, bench_dir) for spec in specs]
+    for bench, name in zip(benches, unique_names([b.name for b in benches]), strict=True):
+        bench.name = name
+    return benches
+
+
+def worker_python(options: EvalOptions) -> str:
+    """The interpreter that runs the worker: this one for hf, the vLLM environment's for vllm."""
+    if options.backend == "hf":
+        return sys.executable
+    from lfw.infra.vllm_env import vllm_python
+
+    return vllm_python(options.vllm_python)
+
+
+def _worker_env(backend: str) -> dict[str, str]:
+    """The worker's environment. PYTHONPATH starts with this lfw, so the worker is the same code even if the
+    vLLM environment holds an older lfw (or none at all)."""
+    if backend == "vllm":
+        from lfw.infra.vllm_env import vllm_subprocess_env
+
+        env = vllm_subprocess_env()
+    else:
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
+    package_root = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop the worker's whole process group (vLLM starts engine processes of its own)."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+_LOG_NOISE = re.compile(r"\b(INFO|DEBUG|WARNING)\b \d\d-\d\d |^\s*warnings\.warn|resource_tracker")
+
+
+def _error_tail(log: str, lines: int = 25) -> list[str]:
+    """The end of the worker log without vLLM's info/shutdown chatter, so the real error is what shows."""
+    kept = [line for line in log.splitlines() if not _LOG_NOISE.search(line)]
+    return kept[-lines:]
+
+
+def run_worker(cmd: list[str], env: dict[str, str], log_path: Path, console: Console, label: str) -> float:
+    """Run the worker in its own process group, log everything, echo progress; return the wall seconds."""
+    start = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+            start_new_session=True,
+            errors="replace",
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith(PROGRESS):
+                    console.print(f"  [dim]{label}:[/] {line[len(PROGRESS) :].strip()}", highlight=False)
+            code = proc.wait()
+        except BaseException:
+            _stop_group(proc)
+            raise
+        finally:
+            try:  # anything the worker left behind (an engine process) goes with it
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if code != 0:
+        tail = "\n".join(_error_tail(log_path.read_text(encoding="utf-8", errors="replace")))
+        raise UserError(f"generation worker for {label} failed (exit {code}); last lines of {log_path}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def build_requests(benches: Sequence[Benchmark], options: EvalOptions) -> list[tuple[Benchmark, Any, dict]]:
+    """(benchmark, item, request) for every question, in a fixed order."""
+    jobs = []
+    for bench in benches:
+        for index, item in enumerate(subset(bench.items, options.limit, options.seed, options.shuffle)):
+            prompt = bench.prompt(item)
+            request = {
+                "id": f"{bench.name}#{index}",
+                "group": bench.name,
+                "messages": prompt.messages,
+                "continuations": prompt.continuations,
+                "max_tokens": options.max_new_tokens or bench.max_new_tokens,
+            }
+            jobs.append((bench, item, request))
+    return jobs
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _rate(count: float, seconds: float) -> float | None:
+    return round(count / seconds, 3) if seconds > 0 else None
+
+
+def evaluate_model(
+    model: ModelSpec, benches: Sequence[Benchmark], options: EvalOptions, console: Console
+) -> dict[str, Any]:
+    """Generate with the worker, score every answer, write samples and summaries; return the summary."""
+    out = options.out / model.label
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (SUMMARY, SAMPLES, "summary.csv"):
+        (out / stale).unlink(missing_ok=True)  # a failed run must not leave an older result looking current
+    jobs = build_requests(benches, options)
+    _write_jsonl(out / "requests.jsonl", [request for _, _, request in jobs])
+    cmd = [
+        worker_python(options),
+        "-m",
+        "lfw.post.eval.worker",
+        "--backend",
+        options.backend,
+        "--model",
+        model.path,
+        "--requests",
+        str(out / "requests.jsonl"),
+        "--output",
+        str(out / "predictions.jsonl"),
+        "--stats",
+        str(out / "worker.json"),
+        "--seed",
+        str(options.seed),
+        "--dtype",
+        options.dtype,
+        "--batch-size",
+        str(options.batch_size),
+        "--tensor-parallel-size",
+        str(options.tensor_parallel_size),
+        "--chat-template-kwargs",
+        json.dumps(model.chat_template_kwargs),
+    ]
+    if options.adapter:
+        cmd += ["--adapter", str(Path(options.adapter).resolve())]
+    if options.max_model_len:
+        cmd += ["--max-model-len", str(options.max_model_len)]
+    if options.enforce_eager:
+        cmd.append("--enforce-eager")
+    console.print(f"[bold]{model.label}[/]: {len(jobs)} prompts, {options.backend} backend")
+    wall = run_worker(cmd, _worker_env(options.backend), out / "worker.log", console, model.label)
+    stats = json.loads((out / "worker.json").read_text(encoding="utf-8"))
+    predictions = {row["id"]: row for row in map(json.loads, (out / "predictions.jsonl").open(encoding="utf-8"))}
+
+    samples: list[dict[str, Any]] = []
+    per_bench: dict[str, list[tuple[Any, Output, dict[str, float]]]] = {b.name: [] for b in benches}
+    for bench, item, request in jobs:
+        answer = predictions[request["id"]]
+        output = Output(answer["prediction"] or "", answer.get("choice_logprobs"))
+        scores = bench.score(item, output)
+        per_bench[bench.name].append((item, output, scores))
+        sample = {
+            "benchmark": bench.name,
+            "id": item.id,
+            "prompt": answer["prompt"],
+            "prediction": output.prediction,
+            "reference": item.reference,
+            "score": scores,
+        }
+        if item.choices:
+            sample["choices"] = item.choices
+            sample["choice_logprobs"] = output.choice_logprobs
+        if answer.get("error"):
+            sample["error"] = answer["error"]
+        sample["completion_tokens"] = answer["completion_tokens"]
+        sample["finish_reason"] = answer["finish_reason"]
+        samples.append(sample)
+    _write_jsonl(out / SAMPLES, samples)
+
+    results: dict[str, Any] = {}
+    total_seconds = total_gen_seconds = total_tokens = 0.0
+    for bench in benches:
+        rows = per_bench[bench.name]
+        group = stats["groups"].get(bench.name, {})
+        metrics = bench.aggregate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        seconds = group.get("generate_seconds", 0.0) + group.get("loglik_seconds", 0.0)
+        tokens = group.get("completion_tokens", 0)
+        total_seconds += seconds
+        total_gen_seconds += group.get("generate_seconds", 0.0)
+        total_tokens += tokens
+        results[bench.name] = {
+            "kind": bench.kind,
+            "source": bench.source,
+            "samples": len(rows),
+            "primary": bench.primary,
+            "score": metrics.get(bench.primary),
+            "metrics": {k: round(v, 6) for k, v in metrics.items()},
+            "samples_per_s": _rate(len(rows), seconds),
+            "tokens_per_s": _rate(tokens, group.get("generate_seconds", 0.0)),
+            "generate_seconds": group.get("generate_seconds"),
+            "loglik_seconds": group.get("loglik_seconds"),
+            "completion_tokens": tokens,
+            "prompt_tokens": group.get("prompt_tokens"),
+        }
+    summary = {
+        "model": model.label,
+        "path": model.path,
+        "adapter": str(Path(options.adapter).resolve()) if options.adapter else None,
+        "backend": options.backend,
+        "seed": options.seed,
+        "limit": options.limit,
+        "dtype": stats.get("dtype"),
+        "chat_template": stats.get("chat_template"),
+        "chat_template_kwargs": model.chat_template_kwargs,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_seconds": stats.get("load_seconds"),
+        "wall_seconds": round(wall, 2),
+        "samples_per_s": _rate(len(jobs), total_seconds),
+        "tokens_per_s": _rate(total_tokens, total_gen_seconds),
+        "benchmarks": results,
+        "versions": {"lfw": __version__, **stats.get("versions", {})},
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_summary_csv(out / "summary.csv", summary)
+    return summary
+
+
+def write_summary_csv(path: Path, summary: dict[str, Any]) -> None:
+    """One row per benchmark and metric (long format: spreadsheets and pandas pivot it either way)."""
+    columns = [
+        "model",
+        "benchmark",
+        "kind",
+        "metric",
+        "value",
+        "primary",
+        "samples",
+        "samples_per_s",
+        "tokens_per_s",
+        "backend",
+        "seed",
+        "dtype",
+    ]
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        for name, bench in summary["benchmarks"].items():
+            for metric, value in bench["metrics"].items():
+                writer.writerow(
+                    {
+                        "model": summary["model"],
+                        "benchmark": name,
+                        "kind": bench["kind"],
+                        "metric": metric,
+                        "value": value,
+                        "primary": metric == bench["primary"],
+                        "samples": bench["samples"],
+                        "samples_per_s": bench["samples_per_s"],
+                        "tokens_per_s": bench["tokens_per_s"],
+                        "backend": summary["backend"],
+                        "seed": summary["seed"],
+                        "dtype": summary["dtype"],
+                    }
+                )
+
+
+def print_summaries(summaries: Sequence[dict[str, Any]], console: Console) -> None:
+    """Model x benchmark x metric, headline metric first, throughput on its row."""
+    table = Table(title="lfw eval")
+    for column in ("model", "benchmark", "metric", "score", "samples/s", "tokens/s"):
+        table.add_column(column, justify="right" if column in ("score", "samples/s", "tokens/s") else "left")
+    for summary in summaries:
+        for name, bench in summary["benchmarks"].items():
+            metrics = sorted(bench["metrics"].items(), key=lambda kv: kv[0] != bench["primary"])
+            for row, (metric, value) in enumerate(metrics):
+                first = row == 0
+                table.add_row(
+                    summary["model"] if first else "",
+                    name if first else "",
+                    metric,
+                    f"{value:.4f}" if first else f"[dim]{value:.4f}[/]",
+                    f"{bench['samples_per_s'] or 0:.2f}" if first else "",
+                    f"{bench['tokens_per_s'] or 0:.1f}" if first else "",
+                )
+    console.print(table)
+
+
+def check_outputs_are_evals(out: Path, labels: Sequence[str]) -> None:
+    """Each OUT/<label> is new, or an earlier eval's folder (re-run over): never a folder with other files."""
+    problems = []
+    for label in labels:
+        folder = out / label
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            problems.append(Problem(str(folder), "exists and is not a folder", "choose another -o or label"))
+        elif folder.is_dir() and (others := unlisted(folder, EVAL_FILES)):
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            problems.append(
+                Problem(str(folder), f"holds files lfw eval did not write ({shown})", "choose another -o or label")
+            )
+    if problems:
+        raise UserError(problems, "lfw eval writes only into new folders or earlier eval results")
+
+
+def evaluate(
+    model_specs: Sequence[str], bench_specs: Sequence[str], options: EvalOptions, console: Console | None = None
+) -> list[dict[str, Any]]:
+    """Score each model on each benchmark; returns the summaries (also written under ``options.out``)."""
+    console = console or Console()
+    if not model_specs or not bench_specs:
+        raise UserError("give at least one MODEL and one --bench")
+    if options.adapter and not (Path(options.adapter) / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {options.adapter}: no adapter_config.json there (a PEFT/LoRA adapter folder)")
+    models = [parse_model(spec, options.adapter) for spec in model_specs]
+    for model, label in zip(models, unique_names([m.label for m in models]), strict=True):
+        if label != model.label:
+            model.notes.append(f"another model is labelled {model.label}: this one's results go to {label}")
+        model.label = label
+        # --thinking/--no-thinking win over lineage.json, as -- --default-chat-template-kwargs does in lfw serve.
+        model.chat_template_kwargs = {**model.chat_template_kwargs, **options.chat_template_kwargs}
+        for note in model.notes:
+            console.print(f"[yellow]note:[/] {model.label}: {note}", highlight=False)
+    benches = load_benchmarks(bench_specs, options.bench_dir)
+    check_outputs_are_evals(options.out, [m.label for m in models])
+    worker_python(options)  # a missing vLLM environment is reported before anything runs
+    summaries = [evaluate_model(model, benches, options, console) for model in models]
+    print_summaries(summaries, console)
+    console.print(f"results in {options.out}/<model>/ (samples.jsonl, summary.json, summary.csv)")
+    return summaries
