@@ -39,7 +39,8 @@ tiny: setup
 demo: tiny setup-vllm
 	bash scripts/demo.sh
 
-test: tiny setup-vllm lint
+# Lint and types first: they take seconds and fail before minutes of setup and training.
+test: lint tiny setup-vllm
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -48,6 +49,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check wrapper tests scripts
 	$(BIN)/ruff format --check wrapper tests scripts
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format wrapper tests scripts
