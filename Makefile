@@ -14,7 +14,7 @@ setup: $(VENV)/.lfw-setup
 $(VENV)/.lfw-setup: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,tracking,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,tracking,dev,harness]'
 	touch $@
 
 # vLLM environment: its own venv (vLLM's pins conflict with LLaMA-Factory's); lfw runs it as a subprocess
@@ -31,6 +31,7 @@ $(VLLM_VENV)/.lfw-setup: pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/python -m pip install -q pydantic jinja2 pyyaml click rich
+	$(VLLM_VENV)/bin/python -m pip install -q -e '.[harness]'  # lm-eval for lfw eval --harness --backend vllm
 	touch $@
 
 tiny: setup

@@ -158,10 +158,8 @@ def build_models(root: Path, names: tuple[str, ...] = tuple(MODELS)) -> None:
         torch.cuda.empty_cache()
 
 
-def worker(spec: dict) -> None:
-    """Load one model as LLaMA-Factory would, then run each configuration for 3 steps; print JSON lines."""
-    import gc
-
+def load_model(spec: dict):
+    """The model as LLaMA-Factory would build it: liger patches, 4-bit base for QLoRA, LoRA, fp32 trainables."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -199,6 +197,16 @@ def worker(spec: dict) -> None:
     for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.to(torch.float32)  # LLaMA-Factory: cast_trainable_params_to_fp32
+    return model, core
+
+
+def worker(spec: dict) -> None:
+    """Load one model as LLaMA-Factory would, then run each configuration for 3 steps; print JSON lines."""
+    import gc
+
+    import torch
+
+    model, core = load_model(spec)
     params = [p for p in model.parameters() if p.requires_grad]
     vocab = core.config.vocab_size
     for cfg in spec["configs"]:

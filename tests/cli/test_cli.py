@@ -49,6 +49,24 @@ def test_render_writes_folder_but_never_overwrites(runner, tmp_path):
     assert (out / "1-sft.yaml").read_text() == before
 
 
+def test_import_never_overwrites_its_output(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"demo": {"file_name": "demo.json"}}))
+    (tmp_path / "data" / "demo.json").write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
+    lf_yaml = (
+        "model_name_or_path: Qwen/Qwen3-0.6B\ntemplate: qwen3_nothink\nstage: sft\ndo_train: true\ndataset: demo\n"
+    )
+    (tmp_path / "lf.yaml").write_text(lf_yaml)
+    out = tmp_path / "recipe.yml"
+    first = runner.invoke(cli, ["import", "lf.yaml", "-o", str(out)])
+    assert first.exit_code == 0 and "wrote" in first.output, first.output
+    written = out.read_text()
+    again = runner.invoke(cli, ["import", "lf.yaml", "-o", str(out)])
+    assert again.exit_code == 2 and "exists: choose a new file name" in again.output
+    assert out.read_text() == written
+
+
 def test_user_error_is_one_message_without_traceback(runner, write_recipe):
     path = write_recipe(minimal_recipe(trainig={}))
     result = runner.invoke(cli, ["render", str(path)])

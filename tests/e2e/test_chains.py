@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lfw.cli import main
-from lfw.post.export.export import plan_from_run
+from lfw.post.export.plan import plan_from_run
 from tests.conftest import tiny_recipe
 
 

@@ -1,8 +1,9 @@
 """`lfw eval`: benchmark loading, then real generation with the tiny model on both backends.
 
-The slow tests share one session pipeline (built once, reused by tests/post/test_report.py and tests/launch/test_pipeline.py; the fixture lives in tests/conftest.py): the tiny model,
-a short LoRA SFT of it through `lfw run`, and hf-backend evaluations of base and base+adapter on
-benchmarks made from lfw.tiny's learnable task, held out by seed.
+The slow tests share one session pipeline (built once, reused by tests/post/test_report.py and
+tests/launch/test_pipeline.py; the fixture lives in tests/conftest.py): the tiny model, a short LoRA SFT of it
+through `lfw run`, and hf-backend evaluations of base and base+adapter on benchmarks made from lfw.tiny's
+learnable task, held out by seed.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def test_benchmark_errors_are_one_clear_message(tmp_path):
     with pytest.raises(UserError, match="unknown benchmark kind 'mcq'"):
         resolve(f"mcq:{tmp_path / 'odd.jsonl'}")
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(UserError, match="bad.jsonl:1: not valid JSON"):
+    with pytest.raises(UserError, match=r"bad.jsonl row 1 \(line 1\): invalid JSON"):
         read_records(tmp_path / "bad.jsonl")
     saved = write_containers(tmp_path / "c", MC_ROWS)["save_to_disk_dict"]
     with pytest.raises(UserError, match="no split 'train'"):

@@ -24,15 +24,10 @@ import yaml
 from lfw.cli import main
 from lfw.infra.errors import UserError
 from lfw.launch.target import Target
-from lfw.post.export.export import (
-    LINEAGE,
-    adapter_stack,
-    export,
-    plan_from_adapters,
-    plan_from_run,
-    render_export_config,
-    strip_machine_keys,
-)
+from lfw.post.export.lineage import LINEAGE
+from lfw.post.export.merge import render_export_config, strip_machine_keys
+from lfw.post.export.plan import adapter_stack, plan_from_adapters, plan_from_run
+from lfw.post.export.run import export
 from lfw.recipe.loader import load_recipe
 from lfw.rendering.render import render
 from tests.conftest import REPO, exported_tiny_run

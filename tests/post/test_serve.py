@@ -21,6 +21,7 @@ import pytest
 
 from lfw.cli import main
 from lfw.infra.errors import UserError
+from lfw.infra.processes import group_members
 from lfw.infra.vllm_env import vllm_python
 from lfw.post.serve import (
     ServeOptions,
@@ -28,7 +29,6 @@ from lfw.post.serve import (
     build_command,
     build_env,
     free_port,
-    group_members,
     make_options,
     running_server,
 )

@@ -1,7 +1,8 @@
-"""Tests for `lfw data check` (lfw.preflight.data.check + lfw.cli.data).
+"""Tests for `lfw data check` (lfw.preflight.data + lfw.cli.data).
 
-Fixtures in tests/fixtures/data hold one file per failure kind; LLaMA-Factory's own demo datasets
-(../shared/lf-data) must pass. A slow test runs LLaMA-Factory's converters as the oracle.
+Fixtures in tests/fixtures/data hold one file per failure kind; tests/fixtures/data/dataset_dir is a
+LLaMA-Factory dataset_dir in the layouts of its demo data (alpaca, identity, tool calls, dpo pairs, images, kto),
+written for these tests, and must pass. A slow test runs LLaMA-Factory's converters as the oracle.
 """
 
 from __future__ import annotations
@@ -19,71 +20,78 @@ from hypothesis import strategies as st
 
 from lfw.cli.data import data as data_cli
 from lfw.infra.errors import UserError
-from lfw.preflight.data.check import (
-    FORMATS,
-    DataFormat,
-    check_dataset,
-    check_rows,
-    convert_to_jsonl,
-    detect_format,
-    render_chatml,
-)
+from lfw.preflight.data.check import check_dataset, check_rows
+from lfw.preflight.data.convert import convert_to_jsonl
+from lfw.preflight.data.layout import DataFormat, detect_format
+from lfw.preflight.data.lengths import length_stats, render_chatml
+from lfw.recipe.vocabulary import FORMATS
 
 FIX = Path(__file__).parents[1] / "fixtures" / "data"
-LF_DATA = Path(__file__).resolve().parents[3] / "shared" / "lf-data"
-if not LF_DATA.is_dir():
-    LF_DATA = Path("/work/shared/lf-data")
-needs_lf_data = pytest.mark.skipif(not LF_DATA.is_dir(), reason="LLaMA-Factory demo data not available")
+LF_DIR = FIX / "dataset_dir"  # LLaMA-Factory's demo layouts, with its dataset_info.json
 
 
 def codes(report) -> list[tuple[str, int | None]]:
     return [(p.code, p.row) for p in report.problems]
 
 
-# ------------------------------------------------------------------ LLaMA-Factory's demo data passes
+# ------------------------------------------------------------------ LLaMA-Factory's demo layouts pass
 
 
-@needs_lf_data
 @pytest.mark.parametrize(
     ("name", "fmt", "rows"),
     [
-        ("alpaca_en_demo.json", "alpaca", 999),
-        ("identity.json", "alpaca", 91),
-        ("dpo_en_demo.json", "preference_sharegpt", 300),
-        ("glaive_toolcall_en_demo.json", "sharegpt", 300),
-        ("mllm_demo.json", "multimodal", 6),
+        ("alpaca_demo.json", "alpaca", 6),
+        ("identity.json", "alpaca", 4),
+        ("dpo_demo.json", "preference_sharegpt", 4),
+        ("toolcall_demo.json", "sharegpt", 3),
+        ("mllm_demo.json", "multimodal", 3),
+        ("kto_demo.json", "kto", 2),
     ],
 )
-def test_lf_demo_files_pass(name: str, fmt: str, rows: int) -> None:
-    report = check_dataset(LF_DATA / name)
+def test_lf_demo_layouts_pass(name: str, fmt: str, rows: int) -> None:
+    report = check_dataset(LF_DIR / name)
     assert report.ok, [str(p) for p in report.errors]
     assert (report.format, report.rows, report.container) == (fmt, rows, "json")
-    assert {p.code for p in report.warnings} <= {"duplicate"}  # the demo files do repeat some rows
+    assert {p.code for p in report.warnings} <= {"duplicate"}  # demo files repeat some rows
 
 
-@needs_lf_data
-def test_every_lf_demo_file_passes_with_its_registered_entry() -> None:
+def test_every_demo_file_passes_with_its_registered_entry() -> None:
     """The folder with dataset_info.json: each local file is checked with its registered columns and tags."""
-    report = check_dataset(LF_DATA)
+    report = check_dataset(LF_DIR)
     assert report.container == "dataset_dir"
     assert report.ok, [str(p) for p in report.errors]
-    present = sorted(p.name for p in LF_DATA.iterdir() if p.suffix == ".json" and p.name != "dataset_info.json")
+    present = sorted(p.name for p in LF_DIR.iterdir() if p.suffix == ".json" and p.name != "dataset_info.json")
     assert sorted(part.path.name for part in report.parts) == present
-    assert any("hub dataset" in s for s in report.skipped)
+    assert report.skipped == [
+        "1 registered file(s) not present: absent_demo.json",
+        "1 hub dataset(s) (hf_hub_url / ms_hub_url): not local, not checked",
+    ]
+    assert [(p.code, p.row) for p in report.warnings] == [("duplicate", 5), ("duplicate", 4)]
+    registered = {part.path.name: part.data_format for part in report.parts}
+    assert registered["mllm_demo.json"].tags["user_tag"] == "user"  # the entry's tags, not the defaults
+    assert registered["toolcall_demo.json"].columns["tools"] == "tools"
     # pointing at the registry file itself checks the folder
-    assert check_dataset(LF_DATA / "dataset_info.json").container == "dataset_dir"
+    assert check_dataset(LF_DIR / "dataset_info.json").container == "dataset_dir"
 
 
-@needs_lf_data
-def test_lf_demo_data_with_declared_formats_and_stages() -> None:
-    assert check_dataset(LF_DATA / "dpo_en_demo.json", "preference_sharegpt", stage="dpo").ok
-    assert check_dataset(LF_DATA / "dpo_en_demo.json", "dpo").code_counts == {
-        "format-mismatch": 1,
-        "duplicate": 5,
-    }
-    assert check_dataset(LF_DATA / "mllm_demo.json", "multimodal", stage="sft").ok
-    assert check_dataset(LF_DATA / "mllm_demo.json", "sharegpt", tags="role_content").ok
-    assert check_dataset(LF_DATA / "glaive_toolcall_en_demo.json", "sharegpt", tags="from_value").ok
+def test_demo_data_with_declared_formats_and_stages() -> None:
+    assert check_dataset(LF_DIR / "dpo_demo.json", "preference_sharegpt", stage="dpo").ok
+    assert check_dataset(LF_DIR / "dpo_demo.json", "dpo").code_counts == {"format-mismatch": 1, "duplicate": 1}
+    assert check_dataset(LF_DIR / "mllm_demo.json", "multimodal", stage="sft").ok
+    assert check_dataset(LF_DIR / "mllm_demo.json", "sharegpt", tags="role_content").ok
+    assert check_dataset(LF_DIR / "toolcall_demo.json", "sharegpt", tags="from_value").ok
+    assert check_dataset(LF_DIR / "kto_demo.json", "kto", stage="kto").ok
+
+
+def test_a_registered_entry_that_disagrees_with_the_rows(tmp_path: Path) -> None:
+    """dataset_info.json is what LLaMA-Factory reads: rows that do not fit their entry are errors."""
+    (tmp_path / "pairs.json").write_bytes((LF_DIR / "dpo_demo.json").read_bytes())
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"pairs": {"file_name": "pairs.json"}}))  # alpaca
+    report = check_dataset(tmp_path)
+    assert report.container == "dataset_dir" and not report.ok
+    assert {p.code for p in report.errors} == {"missing-field", "column-absent"}  # no instruction, no input
+    declared = check_dataset(tmp_path, "preference_sharegpt")
+    assert "format-mismatch" in declared.code_counts
 
 
 # ------------------------------------------------------------------ good fixtures
@@ -594,11 +602,9 @@ def test_lengths_merge_over_folder_parts(tmp_path: Path) -> None:
 
 
 def test_suggested_cutoff_rounds_to_128_above_1024() -> None:
-    from lfw.preflight.data.check import _length_stats
-
-    assert _length_stats([1500] * 10, None).suggested_cutoff_len == 1536
-    assert _length_stats([100] * 10, None).suggested_cutoff_len == 128
-    assert _length_stats([10] * 10, None).suggested_cutoff_len == 64
+    assert length_stats([1500] * 10, None).suggested_cutoff_len == 1536
+    assert length_stats([100] * 10, None).suggested_cutoff_len == 128
+    assert length_stats([10] * 10, None).suggested_cutoff_len == 64
 
 
 def test_render_chatml() -> None:
@@ -654,7 +660,7 @@ def test_lfw_main_exit_codes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 
 def test_import_stays_light() -> None:
     code = (
-        "import sys, lfw.cli.data, lfw.preflight.data.check\n"
+        "import sys, lfw.cli.data, lfw.preflight.data.check, lfw.preflight.data.convert\n"
         "from lfw.preflight.data.check import check_dataset\n"
         f"check_dataset({str(FIX / 'alpaca_ok.jsonl')!r})\n"
         "bad = [m for m in ('torch', 'transformers', 'llamafactory', 'vllm', 'pandas', 'datasets', 'pyarrow')"
@@ -775,6 +781,9 @@ CONTENT_CODES = {
         ("kto_ok.jsonl", 0),
         ("multimodal_ok.json", 0),
         ("alpaca_ok.jsonl", 0),
+        ("dataset_dir/toolcall_demo.json", 0),
+        ("dataset_dir/dpo_demo.json", 0),
+        ("dataset_dir/kto_demo.json", 0),
     ],
 )
 def test_rows_llamafactory_drops_are_errors(name: str, expect_dropped: int) -> None:

@@ -15,14 +15,18 @@ from lfw.infra.hardware import GPU, driver_version, visible_gpus
 from lfw.preflight.doctor import (
     FAIL,
     OK,
+    RECIPE_CHECKS,
     WARN,
+    RecipeFacts,
     check_caches,
+    check_disk,
     check_gpus,
     check_recipe,
     check_versions,
     check_vllm,
     run_doctor,
 )
+from lfw.preflight.doctor import recipe as checks_of
 from lfw.recipe.loader import load_recipe
 from tests.conftest import minimal_recipe
 
@@ -237,7 +241,7 @@ def test_cutoff_len_against_the_models_positions(write_recipe, tmp_path) -> None
     positions = {"max_position_embeddings": 40960}
     ok = context_check(write_recipe, tmp_path, positions, {"cutoff_len": 32768})
     assert ok.status == OK and "40960 positions" in ok.detail
-    long = context_check(write_recipe, tmp_path, positions, {"cutoff_len": 65536})
+    long = context_check(write_recipe, tmp_path, positions, {"cutoff_len": 65536, "packing": False})
     assert long.status == WARN and "training.cutoff_len 65536 exceeds the model's 40960 positions" in long.detail
     assert "training.cutoff_len: 40960 or less" in long.fix and "rope_scaling: yarn" in long.fix
     packed = context_check(write_recipe, tmp_path, positions, {"cutoff_len": 65536, "packing": True})
@@ -301,3 +305,131 @@ def test_text_only_template_on_image_data_fails(write_recipe, tmp_path) -> None:
     assert check.status == FAIL and "text-only for images" in check.detail and "qwen2_vl" in check.fix
     loaded = load(write_recipe, tmp_path, stages=stages, model={"path": "Qwen/Qwen2-VL-2B", "template": "qwen2_vl"})
     assert by_name(check_recipe(loaded, versions()), "template in LLaMA-Factory").status == OK
+
+
+# ---- each named check: one case it rejects (or speaks up on), one it passes (silent or ok) ----------------
+
+
+def facts(write_recipe, tmp_path, version_of=None, gpus=None, **changes) -> RecipeFacts:
+    return RecipeFacts.of(load(write_recipe, tmp_path, **changes), version_of or versions(), gpus)
+
+
+def statuses(check, facts_: RecipeFacts) -> list[str]:
+    return [c.status for c in check(facts_)]
+
+
+def test_every_recipe_check_is_named_and_run_in_order() -> None:
+    assert len({check.__name__ for check in RECIPE_CHECKS}) == len(RECIPE_CHECKS)
+    assert all(check.__name__.startswith("check_") for check in RECIPE_CHECKS)
+
+
+def test_check_versions_passes_when_everything_is_installed() -> None:
+    assert {c.status for c in check_versions(versions())} == {OK}
+
+
+def test_check_vllm_passes_on_an_interpreter_that_has_it(tmp_path) -> None:
+    fake = tmp_path / "python"  # answers both probes: find_spec succeeds (exit 0), the version is printed
+    fake.write_text("#!/bin/sh\necho vllm 0.0.test\n")
+    fake.chmod(0o755)
+    check = check_vllm({"LFW_VLLM_PYTHON": str(fake)})
+    assert check.status == OK and check.detail == f"vllm 0.0.test ({fake})"
+
+
+def test_check_gpus_passes_on_bf16_gpus() -> None:
+    checks = check_gpus("535.1", [GPU(0, "NVIDIA H100", 81559, 9.0)], {})
+    assert [c.status for c in checks] == [OK, OK]
+    assert by_name(check_gpus("535.1", [GPU(0, "Tesla T4", 15360, 7.5)], {}), "bf16").status == WARN
+
+
+def test_check_caches_passes_on_a_writable_home(tmp_path) -> None:
+    assert {c.status for c in check_caches({"HF_HOME": str(tmp_path / "hf")})} == {OK}
+
+
+def test_check_disk_against_the_need(tmp_path) -> None:
+    assert check_disk(tmp_path / "not" / "yet", 0).status == OK
+    full = check_disk(tmp_path, 2**70)
+    assert full.status == FAIL and "larger disk" in full.fix
+
+
+def test_check_ddp_lora_speaks_only_for_multi_gpu_lora(write_recipe, tmp_path) -> None:
+    assert statuses(checks_of.check_ddp_lora, facts(write_recipe, tmp_path, hardware={"gpus": 4})) == [OK]
+    assert statuses(checks_of.check_ddp_lora, facts(write_recipe, tmp_path, hardware={"gpus": 1})) == []
+
+
+def test_check_deepspeed_one_gpu(write_recipe, tmp_path) -> None:
+    one = facts(write_recipe, tmp_path, hardware={"gpus": 1, "deepspeed": "z2"})
+    assert statuses(checks_of.check_deepspeed_one_gpu, one) == [OK]
+    two = facts(write_recipe, tmp_path, hardware={"gpus": 2, "deepspeed": "z2"})
+    assert statuses(checks_of.check_deepspeed_one_gpu, two) == []
+
+
+def test_check_deepspeed_installed(write_recipe, tmp_path) -> None:
+    hardware = {"gpus": 2, "deepspeed": "z2"}
+    missing = facts(write_recipe, tmp_path, versions(deepspeed=True), hardware=hardware)
+    assert statuses(checks_of.check_deepspeed_installed, missing) == [FAIL]
+    assert statuses(checks_of.check_deepspeed_installed, facts(write_recipe, tmp_path, hardware=hardware)) == []
+
+
+def test_check_qlora_zero3(write_recipe, tmp_path) -> None:
+    z3 = {"gpus": 2, "deepspeed": "z3"}
+    qlora = facts(write_recipe, tmp_path, method={"type": "qlora"}, hardware=z3)
+    assert statuses(checks_of.check_qlora_zero3, qlora) == [OK]
+    assert statuses(checks_of.check_qlora_zero3, facts(write_recipe, tmp_path, hardware=z3)) == []
+
+
+def test_check_bitsandbytes(write_recipe, tmp_path) -> None:
+    missing = facts(write_recipe, tmp_path, versions(bitsandbytes=True), method={"type": "qlora"})
+    assert statuses(checks_of.check_bitsandbytes, missing) == [FAIL]
+    assert statuses(checks_of.check_bitsandbytes, facts(write_recipe, tmp_path, method={"type": "qlora"})) == []
+
+
+def test_check_prequantized_zero3_passes_under_zero2(write_recipe, tmp_path) -> None:
+    model = config_model(tmp_path, "awq", model_type="qwen3", quantization_config={"quant_method": "awq"})
+    changes = {"model": {"path": model, "template": "qwen3_nothink"}}
+    z3 = facts(write_recipe, tmp_path, hardware={"gpus": 2, "deepspeed": "z3"}, **changes)
+    assert statuses(checks_of.check_prequantized_zero3, z3) == [FAIL]
+    z2 = facts(write_recipe, tmp_path, hardware={"gpus": 2, "deepspeed": "z2"}, **changes)
+    assert statuses(checks_of.check_prequantized_zero3, z2) == []
+
+
+def test_check_qwen3_thinking_passes_on_reasoning_data(write_recipe, tmp_path) -> None:
+    model = {"path": "Qwen/Qwen3-0.6B", "template": "qwen3"}
+    assert statuses(checks_of.check_qwen3_thinking, facts(write_recipe, tmp_path, model=model)) == [WARN]
+    (tmp_path / "think.json").write_text(json.dumps([{"instruction": "a", "input": "", "output": "<think>x"}]))
+    stages = [{"stage": "sft", "datasets": [{"path": "think.json", "format": "alpaca"}]}]
+    assert statuses(checks_of.check_qwen3_thinking, facts(write_recipe, tmp_path, model=model, stages=stages)) == []
+
+
+def test_check_template_family(write_recipe, tmp_path) -> None:
+    wrong = facts(write_recipe, tmp_path, model={"path": "Qwen/Qwen3-4B", "template": "llama3"})
+    assert statuses(checks_of.check_template_family, wrong) == [FAIL]
+    right = facts(write_recipe, tmp_path, model={"path": "Qwen/Qwen3-4B", "template": "qwen3_nothink"})
+    assert statuses(checks_of.check_template_family, right) == [OK]
+
+
+def test_check_flash_attn(write_recipe, tmp_path) -> None:
+    fa2 = {"path": "Qwen/Qwen3-4B", "template": "qwen3_nothink", "flash_attn": "fa2"}
+    auto = {**fa2, "flash_attn": "auto"}
+    no_fa = versions(flash_attn=True)
+    assert statuses(checks_of.check_flash_attn, facts(write_recipe, tmp_path, no_fa, model=fa2)) == [FAIL]
+    assert statuses(checks_of.check_flash_attn, facts(write_recipe, tmp_path, model=fa2)) == []
+    assert statuses(checks_of.check_flash_attn, facts(write_recipe, tmp_path, no_fa, model=auto)) == [OK]
+
+
+def test_check_liger_kernel(write_recipe, tmp_path) -> None:
+    training = {"global_batch_size": 8, "max_steps": 5, "liger_kernel": True}
+    missing = facts(write_recipe, tmp_path, versions(liger_kernel=True), training=training)
+    assert statuses(checks_of.check_liger_kernel, missing) == [FAIL]
+    assert statuses(checks_of.check_liger_kernel, facts(write_recipe, tmp_path, training=training)) == []
+
+
+def test_check_bf16_gpu_passes_on_ampere(write_recipe, tmp_path) -> None:
+    training = {"global_batch_size": 8, "max_steps": 5, "precision": "bf16"}
+    h100 = facts(write_recipe, tmp_path, gpus=[GPU(0, "H100", 81559, 9.0)], training=training)
+    assert statuses(checks_of.check_bf16_gpu, h100) == []
+    v100 = facts(write_recipe, tmp_path, gpus=[GPU(0, "Tesla V100", 16384, 7.0)], training=training)
+    assert statuses(checks_of.check_bf16_gpu, v100) == [FAIL]
+
+
+def test_check_dpo_memory_silent_without_preference_stages(write_recipe, tmp_path) -> None:
+    assert statuses(checks_of.check_dpo_memory, facts(write_recipe, tmp_path, method={"type": "full"})) == []

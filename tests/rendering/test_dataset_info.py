@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from lfw.launch.target import Target
-from lfw.preflight.data.check import check_dataset, dataset_layout, read_samples
+from lfw.preflight.data.check import check_dataset, read_samples
+from lfw.preflight.data.layout import dataset_layout
 from lfw.recipe.loader import load_recipe
 from lfw.rendering.render import build_dataset_info, render
 from tests.conftest import REPO, clean_env, tiny_recipe
 
-LF_DATA = Path("/work/shared/lf-data")
 FIX = Path(__file__).parents[1] / "fixtures" / "data"
 PNG = (  # a valid 1x1 PNG
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
@@ -316,9 +316,8 @@ def test_llamafactory_reads_every_column_row_for_row(tmp_path: Path, tiny, write
         "openai": ("sft", {"path": str(FIX / "openai_ok.jsonl"), "format": "openai"}),
         "sharegpt": ("sft", {"path": str(FIX / "sharegpt_ok.jsonl"), "format": "sharegpt"}),
         "multimodal": ("sft", {"path": str(FIX / "multimodal_ok.json"), "format": "multimodal"}),
+        "toolcall": ("sft", {"path": str(FIX / "dataset_dir" / "toolcall_demo.json"), "format": "sharegpt"}),
     }
-    if (LF_DATA / "glaive_toolcall_en_demo.json").is_file():
-        cases["glaive"] = ("sft", {"path": str(LF_DATA / "glaive_toolcall_en_demo.json"), "format": "sharegpt"})
     configs = {}
     for name, (stage, dataset) in cases.items():
         recipe = tiny_recipe(tiny, name=name, stages=[{"stage": stage, "datasets": [dataset]}])
@@ -335,7 +334,7 @@ def test_llamafactory_reads_every_column_row_for_row(tmp_path: Path, tiny, write
         "TOKENIZERS_PARALLELISM": "false",
     }
     proc = subprocess.run(
-        [sys.executable, "-c", LF_ROWS, str(REPO / "tests"), *(str(c) for c, _ in configs.values())],
+        [sys.executable, "-c", LF_ROWS, str(REPO), *(str(c) for c, _ in configs.values())],
         capture_output=True,
         text=True,
         env=env,

@@ -18,7 +18,8 @@ from lfw.preflight.memory.planner import PlanInput, estimate
 from lfw.preflight.memory.shapes import preset_for
 from lfw.recipe.lf_keys import known_keys, rendered_keys
 from lfw.recipe.loader import load_recipe
-from lfw.rendering.render import _yaml_scalar, render
+from lfw.rendering.environment import yaml_scalar
+from lfw.rendering.render import render
 from lfw.rendering.stage_models import stage_models
 from tests.conftest import minimal_recipe
 
@@ -54,7 +55,7 @@ def test_eetq_needs_eight_bits(write_recipe):
 
 def test_floats_stay_floats_for_pyyaml():
     for value in (3e-05, 1e-4, 5.0e-6, 0.1, 2.0, 1e20):
-        assert yaml.safe_load(f"x: {_yaml_scalar(value)}")["x"] == value
+        assert yaml.safe_load(f"x: {yaml_scalar(value)}")["x"] == value
 
 
 def test_misspelled_template_is_refused_with_the_closest_name(write_recipe):
@@ -241,7 +242,8 @@ def test_added_tokens_with_a_reference_copy_are_refused(write_recipe):
 
 def test_oom_ladder_steps_keep_the_micro_batch_until_its_own_step():
     """Each step once was estimated at micro batch 1, so the first steps looked as if they already fitted."""
-    from lfw.preflight.memory.planner import GIB, oom_ladder
+    from lfw.preflight.memory.choice import oom_ladder
+    from lfw.preflight.memory.planner import GIB
 
     inp = PlanInput(preset_for("Qwen/Qwen3-4B"), method="full", micro_batch=8, cutoff_len=4096)
     steps = oom_ladder(inp, 24 * GIB)

@@ -37,6 +37,8 @@ def normalized(text: str) -> str:
 @pytest.mark.parametrize("path,target", list(bundled_targets()), ids=lambda v: getattr(v, "stem", ""))
 def test_bundled_recipes_match_golden(path: Path, target: Target, update_golden: bool, monkeypatch):
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LFW_CPUS", "16")  # the worker defaults follow the CPU count
+    monkeypatch.delenv("LFW_GPU_MEM_GIB", raising=False)
     rendering = render(load_recipe(str(path)), target, RUN_DIR)
     golden_dir = GOLDEN / path.stem
     for item in rendering.files:

@@ -47,7 +47,8 @@ def test_no_forced_overwrite_and_cache_beside_the_runs(tiny, tmp_path, monkeypat
 TOKEN_CHANGES = {
     "cutoff_len": lambda r, t, p: r["training"].update(cutoff_len=64),
     "template": lambda r, t, p: r["model"].update(template="qwen3"),
-    "packing": lambda r, t, p: r["training"].update(packing=True),
+    "plain packing": lambda r, t, p: r["training"].update(packing=True),
+    "neat packing": lambda r, t, p: r["training"].update(packing="neat"),
     "max_samples": lambda r, t, p: r["training"].update(max_samples=10),
     "val_size": lambda r, t, p: r["training"].update(val_size=0.1),
     "stage": lambda r, t, p: r["stages"][0].update(stage="pt"),
@@ -61,7 +62,6 @@ SAME_TOKENS = {
     "max_steps": lambda r, t, p: r["training"].update(max_steps=3),
     "micro_batch_size": lambda r, t, p: r["training"].update(micro_batch_size=2),
     "seed without val_size": lambda r, t, p: r["training"].update(seed=7),
-    "workers without packing": lambda r, t, p: r["training"].update(preprocessing_workers=2),
     "lora rank": lambda r, t, p: r["method"]["lora"].update(rank=4),
     "data moved, same content": lambda r, t, p: _moved_data(r, t, p),
     "model weights": lambda r, t, p: _edited_weights(r, t, p),
@@ -125,10 +125,12 @@ def test_seed_and_workers_count_when_they_pick_rows_or_bins(tiny, tmp_path):
     base = key(split, tmp_path)
     split["training"]["seed"] = 7  # LF splits before it saves: another seed, other validation rows
     assert key(split, tmp_path) != base
-    packed = tiny_recipe(tiny, training={**tiny_recipe(tiny)["training"], "packing": True})
-    base = key(packed, tmp_path)
-    packed["training"]["preprocessing_workers"] = 2  # packs within each worker's shard
-    assert key(packed, tmp_path) != base
+    for packing, differs in (("neat", True), (True, True), (False, False)):
+        recipe = tiny_recipe(tiny, training={**tiny_recipe(tiny)["training"], "packing": packing})
+        recipe["training"]["preprocessing_workers"] = 3
+        base = key(recipe, tmp_path)
+        recipe["training"]["preprocessing_workers"] = 2  # LF packs within each worker's shard
+        assert (key(recipe, tmp_path) != base) is differs, packing
 
 
 def test_stages_on_the_same_data_share_one_folder(tiny, tmp_path):

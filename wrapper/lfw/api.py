@@ -24,7 +24,8 @@ from lfw.infra.errors import UserError
 if TYPE_CHECKING:
     from lfw.launch.target import Target
     from lfw.preflight.data.check import DataReport
-    from lfw.preflight.memory.planner import Choice, Estimate, PlanInput
+    from lfw.preflight.memory.choice import Choice
+    from lfw.preflight.memory.planner import Estimate, PlanInput
     from lfw.preflight.memory.shapes import ModelArch
     from lfw.recipe.loader import LoadedRecipe
     from lfw.rendering.render import Rendering
@@ -120,7 +121,8 @@ def plan(
     (or the recipe's) and no choice is made.
     """
     from lfw.infra.hardware import visible_gpus
-    from lfw.preflight.memory.planner import GIB, choose_micro_batch, estimate, plan_input
+    from lfw.preflight.memory.choice import choose_for_stage
+    from lfw.preflight.memory.planner import GIB, estimate, plan_input
     from lfw.preflight.memory.shapes import resolve_arch
 
     loaded = _loaded(recipe)
@@ -136,9 +138,7 @@ def plan(
         training = r.stage_training(index)
         fixed = training.micro_batch_size if isinstance(training.micro_batch_size, int) else None
         inp = plan_input(r, index, model_arch, world, fixed or 1)
-        choice = None
-        if gpu_bytes and not fixed:
-            choice = choose_micro_batch(inp, training.global_batch_size, gpu_bytes, margin)
+        choice = choose_for_stage(r, index, model_arch, world, gpu_bytes, margin) if gpu_bytes else None
         est = choice.estimate if choice else estimate(inp)
         stages.append(StagePlan(index, stage.stage, inp, est, choice, training.global_batch_size, training.cutoff_len))
     return MemoryPlan(model_arch, world, gpu_bytes, margin, stages)

@@ -24,7 +24,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -193,17 +195,10 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(out_dir: Path):
-    """Train the byte-level BPE tokenizer and save it as a Qwen2Tokenizer folder; return it reloaded.
-
-    The pipeline (NFC, Qwen2's pre-tokenizer regex, which splits digits one by one, byte-level BPE without
-    unknown token) and the ``tokenizer_class`` are Qwen's, so that transformers 4.x (``Qwen2TokenizerFast``),
-    transformers 5.x (``Qwen2Tokenizer``, which rebuilds its pipeline from vocab and merges) and vLLM
-    tokenize identically, treating it as a real Qwen3 tokenizer. The tokenizer is the same for every seed.
-    """
+def _train_bpe() -> Any:
+    """The byte-level BPE `tokenizers.Tokenizer`, trained on the fixed corpus, with the added tokens on top."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
@@ -224,16 +219,13 @@ def build_tiny_tokenizer(out_dir: Path):
     )
     tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
+    return tok
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(out_dir))
-    # Written by hand rather than by save_pretrained, whose output differs between transformers 4 and 5: this
-    # is the shape of a real Qwen3 tokenizer_config.json, readable by both (vLLM may run either).
-    added = [
-        {"id": tok.token_to_id(t), "content": t, "special": t in SPECIAL_TOKENS} for t in SPECIAL_TOKENS + ADDED_TOKENS
-    ]
-    tokenizer_config = {
+
+def _tokenizer_config(token_id: Callable[[str], int]) -> dict[str, Any]:
+    """tokenizer_config.json in the shape of a real Qwen3 one, readable by transformers 4 and 5 alike."""
+    added = [{"id": token_id(t), "content": t, "special": t in SPECIAL_TOKENS} for t in SPECIAL_TOKENS + ADDED_TOKENS]
+    return {
         "tokenizer_class": "Qwen2Tokenizer",
         "added_tokens_decoder": {
             str(t["id"]): {
@@ -259,6 +251,25 @@ def build_tiny_tokenizer(out_dir: Path):
         "padding_side": "right",
         "chat_template": CHAT_TEMPLATE,
     }
+
+
+def build_tiny_tokenizer(out_dir: Path) -> Any:
+    """Train the byte-level BPE tokenizer and save it as a Qwen2Tokenizer folder; return it reloaded.
+
+    The pipeline (NFC, Qwen2's pre-tokenizer regex, which splits digits one by one, byte-level BPE without
+    unknown token) and the ``tokenizer_class`` are Qwen's, so that transformers 4.x (``Qwen2TokenizerFast``),
+    transformers 5.x (``Qwen2Tokenizer``, which rebuilds its pipeline from vocab and merges) and vLLM
+    tokenize identically, treating it as a real Qwen3 tokenizer. The tokenizer is the same for every seed.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = _train_bpe()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(out_dir))
+    # Written by hand rather than by save_pretrained, whose output differs between transformers 4 and 5: this
+    # is the shape of a real Qwen3 tokenizer_config.json, readable by both (vLLM may run either).
+    tokenizer_config = _tokenizer_config(tok.token_to_id)
     _write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, ensure_ascii=False, indent=2) + "\n")
     _write_text(out_dir / "chat_template.jinja", CHAT_TEMPLATE)
     (out_dir / "special_tokens_map.json").unlink(missing_ok=True)
@@ -349,8 +360,8 @@ def _qa(rng: random.Random) -> tuple[str, str, str, str]:
         )
     if kind == 1:
         x, y = rng.randrange(10), rng.randrange(10)
-        wrong = (x + y + rng.randint(1, 5)) % 19
-        return f"What is {x}+{y}?", "", f"{x}+{y}={x + y}", f"{x}+{y}={wrong}"
+        wrong_sum = (x + y + rng.randint(1, 5)) % 19
+        return f"What is {x}+{y}?", "", f"{x}+{y}={x + y}", f"{x}+{y}={wrong_sum}"
     if kind == 2:
         word = rng.choice(ECHO_WORDS)
         return "Repeat the word.", word, word, rng.choice([w for w in ECHO_WORDS if w != word])

@@ -13,7 +13,7 @@ import click
 from lfw import __version__
 from lfw.infra.errors import UserError
 
-# name -> (module under lfw.commands, attribute, one-line help shown by `lfw --help`)
+# name -> (module under lfw.cli, attribute, one-line help shown by `lfw --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "render": ("render", "render", "Render every file a run needs (train YAML, DeepSpeed JSON, dataset_info)."),
     "run": ("run", "run", "Check, render into a new run directory and launch each stage."),

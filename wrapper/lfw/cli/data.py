@@ -1,8 +1,9 @@
 """`lfw data check` / `convert` / `prepare`: validate a dataset before any GPU time, fix the container, tokenize
 ahead of a GPU job.
 
-Only click is imported at module level; the checker (`lfw.preflight.data.check`) and rich are imported when a command
-runs, so listing commands stays instant.
+Only click and the vocabulary (`lfw.recipe.vocabulary`: the formats, stages and tag styles a recipe accepts) are
+imported at module level; the checker (`lfw.preflight.data`) and rich are imported when a command runs, so listing
+commands stays instant.
 """
 
 from __future__ import annotations
@@ -14,22 +15,13 @@ from typing import TYPE_CHECKING
 import click
 
 from lfw.cli.options import gpus_option, recipe_argument, set_option
+from lfw.recipe.vocabulary import FORMATS, STAGES, TAG_STYLES
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
-    from lfw.preflight.data.check import DataProblem, DataReport
-
-FORMAT_CHOICES = (
-    "alpaca",
-    "sharegpt",
-    "openai",
-    "preference",
-    "preference_sharegpt",
-    "kto",
-    "multimodal",
-    "text",
-)
+    from lfw.preflight.data.report import DataProblem, DataReport
 
 
 @click.group()
@@ -43,13 +35,13 @@ def data() -> None:
     "--format",
     "fmt",
     metavar="FORMAT",
-    help=f"Expected format ({', '.join(FORMAT_CHOICES)}); default: detected from the rows.",
+    help=f"Expected format ({', '.join(FORMATS)}); default: detected from the rows.",
 )
 @click.option("--model", metavar="DIR", help="Local model folder with tokenizer.json: report token lengths.")
 @click.option("--cutoff-len", type=click.IntRange(min=1), help="List the rows this cutoff_len would truncate.")
 @click.option("--media-dir", type=click.Path(path_type=Path), help="Folder media paths are relative to.")
-@click.option("--tags", type=click.Choice(["from_value", "role_content"]), help="Enforce one message tag style.")
-@click.option("--stage", type=click.Choice(["sft", "pt", "dpo", "rm", "kto", "ppo"]), help="Check fit for a stage.")
+@click.option("--tags", type=click.Choice(TAG_STYLES), help="Enforce one message tag style.")
+@click.option("--stage", type=click.Choice(STAGES), help="Check fit for a stage.")
 @click.option("-n", "--max-problems", default=20, show_default=True, help="Errors and warnings listed (each).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.pass_context
@@ -73,11 +65,12 @@ def check(
       lfw data check data/dpo.json --format preference_sharegpt --stage dpo
       lfw data check data/train.jsonl --model ./Qwen3-0.6B --cutoff-len 2048
     """
-    from lfw.preflight.data.check import check_dataset
+    from lfw.api import check_data
 
-    report = check_dataset(
-        path, fmt, model, cutoff_len, media_dir=media_dir, tags=tags, stage=stage
-    )  # UserError (bad arguments) propagates to lfw.cli.main: one message, no traceback
+    # UserError (bad arguments) propagates to lfw.cli.main: one message, no traceback
+    report = check_data(
+        path, fmt, tokenizer_dir=model, cutoff_len=cutoff_len, media_dir=media_dir, tags=tags, stage=stage
+    )
     if as_json:
         click.echo(_to_json(report))
     else:
@@ -97,7 +90,7 @@ def convert(src: Path, out: Path, split: str | None) -> None:
 
     Embedded images are written to OUT_media/ and referenced by relative path.
     """
-    from lfw.preflight.data.check import convert_to_jsonl
+    from lfw.preflight.data.convert import convert_to_jsonl
 
     written = convert_to_jsonl(src, out, split)
     with written.open("rb") as fh:
@@ -136,72 +129,80 @@ def prepare(recipe: str, output_dir: Path | None, gpus: int | None, overrides: t
 
 
 def print_report(report: DataReport, console: Console, max_problems: int = 20) -> None:
-    """Summary table, length statistics, then the first problems with their fixes (also used by lfw run)."""
+    """Summary table, length statistics, then the first problems with their fixes and the verdict."""
+    parts = report.parts or [report]
+    console.print(_summary_table(report, parts))
+    if not report.parts and report.data_format is not None:
+        _print_layout(report, console)
+    measured = [p for p in parts if p.lengths is not None] or ([report] if report.lengths else [])
+    if measured:
+        console.print(_lengths_table(report, measured))
+    _print_problems(console, "Errors", report.errors, report.error_count, max_problems, "red")
+    _print_problems(console, "Warnings", report.warnings, report.warning_count, max_problems, "yellow")
+    _print_verdict(report, console, max_problems)
+
+
+def _summary_table(report: DataReport, parts: list[DataReport]) -> Table:
+    """One line per file or split (and a total for a folder): container, format, rows, errors, warnings."""
     from rich.table import Table
     from rich.text import Text
 
-    parts = report.parts or [report]
     table = Table(title=f"Data check: {report.path}", title_justify="left")
     table.add_column("File", overflow="fold")
     for col in ("Container", "Format", "Rows", "Errors", "Warnings"):
         table.add_column(col, justify="right" if col in ("Rows", "Errors", "Warnings") else "left")
     for part in parts:
-        fmt = part.format or "?"
         errs = Text(str(part.error_count), style="red" if part.error_count else "green")
-        table.add_row(
-            Text(_short(part.path, report.path)),
-            part.container,
-            Text(fmt),
-            str(part.rows),
-            errs,
-            str(part.warning_count),
-        )
+        name = Text(_short(part.path, report.path))
+        table.add_row(name, part.container, Text(part.format or "?"), str(part.rows), errs, str(part.warning_count))
     if report.parts:
         own_err = report.error_count - sum(p.error_count for p in parts)
         own_warn = report.warning_count - sum(p.warning_count for p in parts)
         table.add_section()
-        table.add_row(
-            "total",
-            report.container,
-            Text(report.format or "?"),
-            str(report.rows),
-            str(report.error_count),
-            str(report.warning_count),
-        )
+        totals = (str(report.rows), str(report.error_count), str(report.warning_count))
+        table.add_row("total", report.container, Text(report.format or "?"), *totals)
         if own_err or own_warn:
             table.caption = f"{own_err} error(s), {own_warn} warning(s) about the folder itself"
-    console.print(table)
-    if not report.parts and report.data_format is not None:
-        entry = report.data_format.dataset_info_entry(report.path.name)
-        console.print(
-            Text(
-                f"layout: {report.data_format.describe()}; dataset_info.json entry: "
-                f"{json.dumps(entry, ensure_ascii=False)}",
-                style="dim",
-            )
-        )
+    return table
 
-    measured = [p for p in parts if p.lengths is not None] or ([report] if report.lengths else [])
-    if measured:
-        first = measured[0].lengths
-        assert first is not None
-        lt = Table(title=f"Token lengths ({first.note})", title_justify="left")
-        cols = ["File", "p50", "p90", "p95", "p99", "max", "cutoff_len for 95%"]
-        if first.cutoff_len is not None:
-            cols.append(f"> {first.cutoff_len}")
-        for col in cols:
-            lt.add_column(col, justify="left" if col == "File" else "right", overflow="fold")
-        for part in measured:
-            s = part.lengths
-            assert s is not None
-            cells = [str(v) for v in (s.p50, s.p90, s.p95, s.p99, s.max, s.suggested_cutoff_len)]
-            if s.cutoff_len is not None:
-                cells.append(f"{s.over_cutoff} ({100 * s.over_cutoff / max(s.count, 1):.1f}%)")
-            lt.add_row(Text(_short(part.path, report.path)), *cells)
-        console.print(lt)
 
-    _print_problems(console, "Errors", report.errors, report.error_count, max_problems, "red")
-    _print_problems(console, "Warnings", report.warnings, report.warning_count, max_problems, "yellow")
+def _print_layout(report: DataReport, console: Console) -> None:
+    """The detected layout and the dataset_info.json entry `lfw render` would register for it."""
+    from rich.text import Text
+
+    assert report.data_format is not None
+    entry = report.data_format.dataset_info_entry(report.path.name)
+    text = f"layout: {report.data_format.describe()}; dataset_info.json entry: {json.dumps(entry, ensure_ascii=False)}"
+    console.print(Text(text, style="dim"))
+
+
+def _lengths_table(report: DataReport, measured: list[DataReport]) -> Table:
+    """Token-length percentiles per part, the cutoff_len that covers 95%, and how many rows a cutoff cuts."""
+    from rich.table import Table
+    from rich.text import Text
+
+    first = measured[0].lengths
+    assert first is not None
+    table = Table(title=f"Token lengths ({first.note})", title_justify="left")
+    cols = ["File", "p50", "p90", "p95", "p99", "max", "cutoff_len for 95%"]
+    if first.cutoff_len is not None:
+        cols.append(f"> {first.cutoff_len}")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "File" else "right", overflow="fold")
+    for part in measured:
+        s = part.lengths
+        assert s is not None
+        cells = [str(v) for v in (s.p50, s.p90, s.p95, s.p99, s.max, s.suggested_cutoff_len)]
+        if s.cutoff_len is not None:
+            cells.append(f"{s.over_cutoff} ({100 * s.over_cutoff / max(s.count, 1):.1f}%)")
+        table.add_row(Text(_short(part.path, report.path)), *cells)
+    return table
+
+
+def _print_verdict(report: DataReport, console: Console, max_problems: int) -> None:
+    """Counts by kind when not every problem was listed, what was skipped, then OK or FAILED."""
+    from rich.text import Text
+
     shown = len(report.errors[:max_problems]) + len(report.warnings[:max_problems])
     if report.error_count + report.warning_count > shown:
         counts = ", ".join(f"{code}: {n}" for code, n in sorted(report.code_counts.items(), key=lambda x: -x[1]))

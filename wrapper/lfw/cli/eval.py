@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lfw.cli.options import vllm_python_option
 from lfw.infra.errors import UserError
+
+if TYPE_CHECKING:
+    from lfw.post.eval.evaluate import EvalOptions
 
 
 @click.command(name="eval")
@@ -17,9 +21,29 @@ from lfw.infra.errors import UserError
     "-b",
     "benches",
     multiple=True,
-    required=True,
     metavar="[LABEL=][KIND:]FILE|NAME",
     help="A local benchmark file/folder, or a NAME looked up in --bench-dir (repeatable).",
+)
+@click.option(
+    "--harness",
+    "harness_benches",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="A standard benchmark scored by lm-evaluation-harness from local files (repeatable): mmlu, ceval, "
+    "cmmlu, gsm8k, arc (arc_challenge), arc_easy, hellaswag, truthfulqa (truthfulqa_mc2), truthfulqa_mc1, ifeval.",
+)
+@click.option(
+    "--num-fewshot",
+    type=click.IntRange(min=0),
+    default=None,
+    help="--harness: few-shot examples per question (default: each task's own; gsm8k 5, most 0).",
+)
+@click.option(
+    "--harness-chat/--harness-raw",
+    "harness_chat",
+    default=True,
+    show_default=True,
+    help="--harness: apply the model's chat template (lm-eval's --apply_chat_template), or lm-eval's plain prompts.",
 )
 @click.option(
     "--backend",
@@ -97,21 +121,11 @@ from lfw.infra.errors import UserError
 def eval_command(
     models: tuple[str, ...],
     benches: tuple[str, ...],
-    backend: str,
-    adapter: str | None,
-    limit: int | None,
-    shuffle: bool,
-    seed: int,
-    out: Path,
-    vllm_python: str | None,
-    dtype: str,
-    batch_size: int,
-    max_new_tokens: int | None,
-    max_model_len: int | None,
-    tensor_parallel_size: int,
-    enforce_eager: bool,
+    harness_benches: tuple[str, ...],
+    num_fewshot: int | None,
+    harness_chat: bool,
     thinking: bool | None,
-    bench_dir: str | None,
+    **settings: Any,  # the rest of the options: EvalOptions' fields, same names
 ) -> None:
     """Score each MODEL (a model folder, an `lfw export`, or LABEL=PATH) on local benchmarks.
 
@@ -127,33 +141,45 @@ def eval_command(
     (FOLDER@SPLIT picks a split).
 
     \b
+    --harness NAME=PATH: lm-eval's own task, its data read from PATH (offline): a file
+    with the hub dataset's columns, or a folder of split files (test.jsonl, train.jsonl);
+    mmlu/ceval/cmmlu: a folder of per-subject files or one file with a 'subject' column.
+    Results join the same summary.json; lm-eval's files go to OUT/<model>.harness/.
+
+    \b
     Example:
       lfw eval base=Qwen3-4B sft=exports/sft --bench mmlu=data/mmlu_test.parquet \\
           --bench data/gsm8k_test.jsonl --limit 200 -o evals
     """
-    from lfw.post.eval.evaluate import EvalOptions, evaluate
+    from lfw.post.eval.evaluate import EvalOptions
 
-    if shuffle and not limit:
+    if not benches and not harness_benches:
+        raise UserError("give at least one --bench or --harness")
+    if settings["shuffle"] and not settings["limit"]:
         raise UserError("--shuffle samples --limit questions: give --limit N too")
     template_kwargs = {} if thinking is None else {"enable_thinking": thinking}
-    options = EvalOptions(
-        out=out,
-        backend=backend,
-        adapter=adapter,
-        limit=limit,
-        shuffle=shuffle,
-        seed=seed,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        tensor_parallel_size=tensor_parallel_size,
-        enforce_eager=enforce_eager,
-        chat_template_kwargs=template_kwargs,
-        vllm_python=vllm_python,
-        bench_dir=bench_dir,
-    )
-    evaluate(models, benches, options)
+    options = EvalOptions(**settings, chat_template_kwargs=template_kwargs)
+    run_scorers(models, benches, harness_benches, options, (num_fewshot, harness_chat))
+
+
+def run_scorers(
+    models: tuple[str, ...],
+    benches: tuple[str, ...],
+    harness_benches: tuple[str, ...],
+    options: EvalOptions,
+    harness: tuple[int | None, bool],
+) -> None:
+    """lfw's own scorers, then lm-eval's into the same summaries; --harness is checked first (no wasted run)."""
+    from lfw.post.eval.evaluate import evaluate
+    from lfw.post.eval.harness import HarnessOptions, check_specs, run_harness
+
+    if harness_benches:
+        check_specs(harness_benches, options)
+    if benches:
+        evaluate(models, benches, options)
+    if harness_benches:
+        harness_options = HarnessOptions(num_fewshot=harness[0], chat_template=harness[1])
+        run_harness(models, harness_benches, options, harness_options, merge=bool(benches))
 
 
 eval = eval_command  # noqa: A001 - the attribute name lfw.cli's COMMANDS table looks up

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @click.command()
@@ -80,8 +84,8 @@ def export(
     from rich.console import Console
 
     from lfw.infra.errors import UserError
-    from lfw.post.export.export import export as run_export
-    from lfw.post.export.export import plan_from_adapters, plan_from_run
+    from lfw.post.export.plan import plan_from_adapters, plan_from_run
+    from lfw.post.export.run import export as run_export
 
     if bool(run_dir) == bool(adapters):
         raise UserError("give either a RUN_DIR or --adapter PATH (not both, not neither)")
@@ -94,6 +98,11 @@ def export(
         plan = plan_from_run(run_dir, stage=stage, base=base, template=template, output=output)
     console = Console()
     lineage = run_export(plan, force=force, verify=not no_verify, console=console, export_size=export_size)
+    _summarize(lineage, console)
+
+
+def _summarize(lineage: dict[str, Any], console: Console) -> None:
+    """What was exported, how it verified, and what the template check means for serving it."""
     check = lineage.get("chat_template") or {}
     thinking = {True: "on", False: "off"}.get(lineage["thinking"], "not checked")
     console.print(

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from lfw.infra.errors import UserError
+from lfw.infra.errors import Problem
+from lfw.infra.owned import write_new_file
 
 
 @click.command("import")
@@ -45,9 +46,6 @@ def lf_import(config: Path, output: Path | None, gpus: int, dataset_dir: Path | 
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        with open(output, "x", encoding="utf-8") as handle:  # "x": never overwrite, even in a race
-            handle.write(text)
-    except FileExistsError:
-        raise UserError(f"{output} exists: choose a new file name (lfw never overwrites files)") from None
+    exists = Problem("lfw", f"{output} exists: choose a new file name (lfw never overwrites files)")
+    write_new_file(output, text, exists)
     click.echo(f"wrote {output}; check it with: lfw render {output}")

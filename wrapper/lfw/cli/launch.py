@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lfw.cli.options import recipe_argument, set_option
-from lfw.infra.errors import Problem, UserError
+from lfw.infra.errors import Problem
+from lfw.infra.owned import write_new_file
+
+if TYPE_CHECKING:
+    from lfw.launch.cloud import LaunchJob, LaunchTarget
+    from lfw.launch.target import Target
+    from lfw.recipe.loader import LoadedRecipe
 
 _PATH = click.Path(path_type=Path)
 
@@ -56,7 +63,7 @@ _PATH = click.Path(path_type=Path)
 @set_option
 def launch(
     recipe: str,
-    kind: str,
+    kind: LaunchTarget,
     nodes: int,
     gpus_per_node: int,
     accelerator: str,
@@ -81,22 +88,16 @@ def launch(
 
     Example: lfw launch my.yml --target k8s --nodes 2 --gpus-per-node 8 --image registry/lfw:0.1.0
     """
-    from lfw.launch.cloud import SUFFIXES, LaunchJob, check_job, job_name, render_task, task_context
-    from lfw.launch.slurm import node0_target
+    from lfw.launch.cloud import LaunchJob, check_job, job_name
     from lfw.recipe.loader import load_recipe
-    from lfw.rendering.render import render
 
     loaded = load_recipe(recipe, overrides)
-    cwd = Path.cwd()
-    default_workdir = cwd if kind == "skypilot" else Path("/workspace")
     job = LaunchJob(
-        target=kind,  # type: ignore[arg-type]  # click.Choice checked it
+        target=kind,
         nodes=nodes,
         gpus_per_node=gpus_per_node,
-        output=(output or cwd / f"lfw-{loaded.recipe.name}.{SUFFIXES[kind]}").expanduser().resolve(),
-        workdir=Path(workdir).expanduser().resolve()
-        if workdir and kind == "skypilot"
-        else Path(workdir or default_workdir),
+        output=_output(output, loaded.recipe.name, kind),
+        workdir=_workdir(workdir, kind),
         accelerator=accelerator,
         image=image,
         name=name,
@@ -107,19 +108,38 @@ def launch(
         **({"install": install} if install else {}),
     )
     check_job(loaded, job)
-    target = node0_target(loaded, nodes, gpus_per_node)
-    render(loaded, target, cwd / "<run>")  # raises the batch / precision errors for this target
-    text = render_task(job, task_context(loaded, job, target, overrides))
-    job.output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(job.output, "x", encoding="utf-8") as handle:  # "x": never overwrite, even in a race
-            handle.write(text)
-    except FileExistsError:
-        raise UserError(
-            [Problem(str(job.output), "already exists (lfw never overwrites)", "pass another --output FILE")]
-        ) from None
+    target = _write_task(loaded, job, overrides)
     click.echo(f"wrote {job.output}  ({nodes} node(s) x {target.procs_per_node}, world size {target.world_size})")
     if kind == "skypilot":
         click.echo(f"launch with: sky launch -c {job_name(loaded, job)} {job.output}")
     else:
         click.echo(f"submit with: kubectl apply -f {job.output}")
+
+
+def _output(output: Path | None, recipe_name: str, kind: LaunchTarget) -> Path:
+    from lfw.launch.cloud import SUFFIXES
+
+    return (output or Path.cwd() / f"lfw-{recipe_name}.{SUFFIXES[kind]}").expanduser().resolve()
+
+
+def _workdir(workdir: str | None, kind: LaunchTarget) -> Path:
+    """skypilot: a local folder (absolute, default the current one); k8s: a folder inside the image, as given."""
+    if kind == "skypilot":
+        return Path(workdir).expanduser().resolve() if workdir else Path.cwd()
+    return Path(workdir or "/workspace")
+
+
+def _write_task(loaded: LoadedRecipe, job: LaunchJob, overrides: tuple[str, ...]) -> Target:
+    """Render the recipe for the job's nodes x GPUs (its batch and precision errors surface now), then write the
+    task file, never over an existing one; returns the target it was rendered for."""
+    from lfw.launch.cloud import render_task, task_context
+    from lfw.launch.slurm import node0_target
+    from lfw.rendering.render import render
+
+    target = node0_target(loaded, job.nodes, job.gpus_per_node)
+    render(loaded, target, Path.cwd() / "<run>")
+    text = render_task(job, task_context(loaded, job, target, overrides))
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    exists = Problem(str(job.output), "already exists (lfw never overwrites)", "pass another --output FILE")
+    write_new_file(job.output, text, exists)
+    return target

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from lfw.cli.options import gpus_option, recipe_argument, set_option
-from lfw.infra.errors import UserError
 
 
 @click.command()
@@ -26,18 +25,12 @@ def render(recipe: str, output: Path | None, gpus: int | None, overrides: tuple[
 
     Example: lfw render recipes/qwen3_14b_qlora_4gpu.yml --gpus 4
     """
-    from lfw.launch.target import resolve_target
-    from lfw.recipe.loader import load_recipe
-    from lfw.rendering.render import render as render_files
+    from lfw import api
 
-    loaded = load_recipe(recipe, overrides)
-    target = resolve_target(loaded.recipe.hardware, gpus)
-    if output is not None:
-        if output.exists() and any(output.iterdir()):
-            raise UserError(f"{output} is not empty: choose a new folder (lfw never overwrites files)")
-        rendering = render_files(loaded, target, output)
-        for path in rendering.write(output):
-            click.echo(str(path))
+    loaded = api.load_recipe(recipe, overrides)
+    rendering = api.render(loaded, output, gpus=gpus)
+    if output is None:
+        click.echo(rendering.listing(), nl=False)
         return
-    run_dir = Path(loaded.recipe.output_dir) / loaded.recipe.name / "rendered"
-    click.echo(render_files(loaded, target, run_dir).listing(), nl=False)
+    for item in rendering.files:
+        click.echo(str(output / item.name))

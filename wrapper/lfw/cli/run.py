@@ -72,23 +72,19 @@ def run(
 
     Example: lfw run r.yml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 --gpus 8
     """
-    from lfw.launch.runner import execute, resume_run
-    from lfw.launch.target import require_rendezvous, resolve_target
-    from lfw.recipe.loader import load_recipe
+    from lfw import api
 
-    loaded = load_recipe(recipe, overrides)
-    target = resolve_target(
-        loaded.recipe.hardware,
-        gpus,
+    code = api.run(
+        api.load_recipe(recipe, overrides),
+        gpus=gpus,
+        dry_run=dry_run,
+        resume=resume,
+        stream=stream,
+        output_dir=output_dir,
         nnodes=nnodes,
         node_rank=node_rank,
         master_addr=master_addr,
         master_port=master_port,
     )
-    require_rendezvous(target)
-    if resume:
-        code = resume_run(loaded, target, stream=stream, output_root=output_dir)
-    else:
-        code = execute(loaded, target, dry_run=dry_run, stream=stream, output_root=output_dir)
     if code:
         raise SystemExit(code)

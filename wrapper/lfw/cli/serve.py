@@ -5,10 +5,16 @@ from __future__ import annotations
 import shlex
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lfw.cli.options import vllm_python_option
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lfw.post.serve import ServeOptions, VLLMServer
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -74,9 +80,8 @@ def serve(
     """
     from rich.console import Console
 
-    from lfw.infra.errors import UserError
     from lfw.infra.vllm_env import vllm_python as find_vllm_python
-    from lfw.post.serve import VLLMServer, build_command, build_env, describe_env, make_options, new_log
+    from lfw.post.serve import VLLMServer, make_options, new_log
 
     console = Console()
     options = make_options(
@@ -89,49 +94,67 @@ def serve(
         served_model_name=served_model_name,
         extra_args=vllm_args,
     )
+    _warn(options, console)
+    if dry_run:
+        _dry_run(options, vllm_python, console)
+        return
+    server = VLLMServer(options, find_vllm_python(vllm_python), log_path or new_log(port))
+    _serve_until_stopped(server, timeout, console)
+
+
+def _warn(options: ServeOptions, console: Console) -> None:
+    """Notes on the model (lineage, run directory) and a warning when the server is reachable from the network."""
+    from lfw.post.serve import LOOPBACK
+
     for note in options.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if options.host not in LOOPBACK:
         console.print(
-            f"[yellow]warning:[/] binding {host}: the server is reachable from the network"
-            + ("" if api_key_env else "; consider --api-key-env (vLLM's key guards /v1 only)")
+            f"[yellow]warning:[/] binding {options.host}: the server is reachable from the network"
+            + ("" if options.api_key_env else "; consider --api-key-env (vLLM's key guards /v1 only)")
         )
-    if dry_run:
-        try:
-            python = find_vllm_python(vllm_python)
-        except UserError as err:
-            console.print(f"[yellow]warning:[/] {err.render()}", highlight=False)
-            python = "python"
-        env = build_env(options)
-        for line in describe_env(options, env):
-            console.print(f"env {line}", highlight=False)
-        console.print(shlex.join(build_command(python, options)), highlight=False, soft_wrap=True)
-        return
 
-    server = VLLMServer(options, find_vllm_python(vllm_python), log_path or new_log(port))
-    log_path = server.log_path
 
-    def _terminate(signum: int, frame: object) -> None:  # kill/SIGHUP of lfw: stop the server too
-        raise KeyboardInterrupt
+def _dry_run(options: ServeOptions, vllm_python: str | None, console: Console) -> None:
+    """The environment lfw sets (the key by its source only) and vLLM's command line; nothing starts."""
+    from lfw.infra.errors import UserError
+    from lfw.infra.vllm_env import vllm_python as find_vllm_python
+    from lfw.post.serve import build_command, build_env, describe_env
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # respect nohup
-            signal.signal(sig, _terminate)
-    console.print(f"starting vLLM for {options.model} on {server.base_url} (log: {log_path})", highlight=False)
-    server.start()
     try:
-        server.wait_ready(timeout)
-        console.print(
-            f"[green]ready[/] in {server.started_seconds:.0f} s: model {server.model_id!r} at "
-            f"{server.base_url}/v1  (pid {server.pid})",
-            highlight=False,
-        )
-        console.print(f"  {server.curl_example()}", highlight=False, soft_wrap=True)
-        console.print(f"  logs: tail -f {log_path}    stop: Ctrl-C", highlight=False)
-        assert server.proc is not None
-        code = server.proc.wait()
-        raise UserError(f"vLLM exited by itself (code {code}); see {log_path}")
-    except KeyboardInterrupt:
-        console.print("stopping vLLM and all its processes")
-    finally:
-        server.stop()
+        python = find_vllm_python(vllm_python)
+    except UserError as err:
+        console.print(f"[yellow]warning:[/] {err.render()}", highlight=False)
+        python = "python"
+    env = build_env(options)
+    for line in describe_env(options, env):
+        console.print(f"env {line}", highlight=False)
+    console.print(shlex.join(build_command(python, options)), highlight=False, soft_wrap=True)
+
+
+def _serve_until_stopped(server: VLLMServer, timeout: float, console: Console) -> None:
+    """Start the server, say where it answers once it really serves, and stop its whole group on Ctrl-C,
+    kill or hang-up (a SIGTERM/SIGHUP of lfw must not orphan vLLM; nohup's ignored SIGHUP stays ignored)."""
+    from lfw.infra.errors import UserError
+    from lfw.infra.processes import interrupted_by
+
+    log_path = server.log_path
+    console.print(f"starting vLLM for {server.options.model} on {server.base_url} (log: {log_path})", highlight=False)
+    with interrupted_by(signal.SIGTERM, signal.SIGHUP):
+        server.start()
+        try:
+            server.wait_ready(timeout)
+            console.print(
+                f"[green]ready[/] in {server.started_seconds:.0f} s: model {server.model_id!r} at "
+                f"{server.base_url}/v1  (pid {server.pid})",
+                highlight=False,
+            )
+            console.print(f"  {server.curl_example()}", highlight=False, soft_wrap=True)
+            console.print(f"  logs: tail -f {log_path}    stop: Ctrl-C", highlight=False)
+            assert server.proc is not None
+            code = server.proc.wait()
+            raise UserError(f"vLLM exited by itself (code {code}); see {log_path}")
+        except KeyboardInterrupt:
+            console.print("stopping vLLM and all its processes")
+        finally:
+            server.stop()

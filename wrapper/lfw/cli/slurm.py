@@ -5,11 +5,18 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lfw.cli.options import recipe_argument, set_option
 from lfw.infra.errors import Problem, UserError
+from lfw.infra.owned import write_new_file
+
+if TYPE_CHECKING:
+    from lfw.launch.slurm import SlurmJob
+    from lfw.launch.target import Target
+    from lfw.recipe.loader import LoadedRecipe
 
 _PATH = click.Path(path_type=Path)
 
@@ -93,21 +100,10 @@ def slurm(
 
     Example: lfw slurm my.yml --nodes 2 --gpus-per-node 8 --partition gpu --time 12:00:00 --submit
     """
-    from lfw.launch.slurm import SlurmJob, check_job, render_script, script_context, slurm_target
+    from lfw.launch.slurm import SlurmJob, check_job
     from lfw.recipe.loader import load_recipe
-    from lfw.rendering.render import render
 
-    sbatch = shutil.which("sbatch")
-    if submit and sbatch is None:
-        raise UserError(
-            [
-                Problem(
-                    "--submit",
-                    "sbatch is not on PATH (this is not a Slurm login node)",
-                    "run this where sbatch exists, or drop --submit and run `sbatch FILE` there",
-                )
-            ]
-        )
+    sbatch = _sbatch() if submit else None
     loaded = load_recipe(recipe, overrides)
     cwd = Path.cwd()
     workdir = (workdir or cwd).expanduser().resolve()
@@ -127,39 +123,61 @@ def slurm(
         setup=setup,
     )
     check_job(job)
-    target = slurm_target(loaded, job)
-    render(loaded, target, workdir / "<run>")  # raises the batch / precision errors for this target
-    text = render_script(script_context(loaded, job, target, overrides))
-    job.log_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not create the --output folder
-    job.script.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(job.script, "x", encoding="utf-8") as handle:  # "x": never overwrite, even in a race
-            handle.write(text)
-    except FileExistsError:
+    target = _write_script(loaded, job, overrides)
+    click.echo(f"wrote {job.script}  ({nodes} node(s) x {target.procs_per_node}, world size {target.world_size})")
+    click.echo(f"per-node logs: {job.log_dir}")
+    if sbatch is None:
+        click.echo(f"submit with: sbatch {job.script}")
+        return
+    _submit(sbatch, job.script)
+
+
+def _sbatch() -> str:
+    """sbatch's path, checked before anything is rendered: --submit needs a Slurm login node."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
         raise UserError(
             [
                 Problem(
-                    str(job.script),
-                    "already exists (lfw never overwrites a script)",
-                    "pass another --output FILE, or remove the old script",
+                    "--submit",
+                    "sbatch is not on PATH (this is not a Slurm login node)",
+                    "run this where sbatch exists, or drop --submit and run `sbatch FILE` there",
                 )
             ]
-        ) from None
+        )
+    return sbatch
+
+
+def _write_script(loaded: LoadedRecipe, job: SlurmJob, overrides: tuple[str, ...]) -> Target:
+    """Render the recipe for the job's nodes x GPUs (its batch and precision errors surface now), then write the
+    script, never over an existing file; returns the target it was rendered for."""
+    from lfw.launch.slurm import render_script, script_context, slurm_target
+    from lfw.rendering.render import render
+
+    target = slurm_target(loaded, job)
+    render(loaded, target, job.workdir / "<run>")
+    text = render_script(script_context(loaded, job, target, overrides))
+    job.log_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not create the --output folder
+    job.script.parent.mkdir(parents=True, exist_ok=True)
+    exists = Problem(
+        str(job.script),
+        "already exists (lfw never overwrites a script)",
+        "pass another --output FILE, or remove the old script",
+    )
+    write_new_file(job.script, text, exists)
     job.script.chmod(0o755)
-    click.echo(f"wrote {job.script}  ({nodes} node(s) x {target.procs_per_node}, world size {target.world_size})")
-    click.echo(f"per-node logs: {job.log_dir}")
-    if not submit:
-        click.echo(f"submit with: sbatch {job.script}")
-        return
-    assert sbatch is not None
-    done = subprocess.run([sbatch, str(job.script)], capture_output=True, text=True, check=False)
+    return target
+
+
+def _submit(sbatch: str, script: Path) -> None:
+    done = subprocess.run([sbatch, str(script)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise UserError(
             [
                 Problem(
                     "sbatch",
                     f"failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()}",
-                    f"the script is written; fix the cause and run `sbatch {job.script}`",
+                    f"the script is written; fix the cause and run `sbatch {script}`",
                 )
             ]
         )

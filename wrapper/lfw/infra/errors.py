@@ -2,6 +2,10 @@
 
 Anything a user can fix (a recipe key, a data row, a missing file) is a `UserError`; the CLI turns it into
 one message and a non-zero exit. Bugs stay ordinary exceptions so their traceback reaches us.
+
+One way to raise: a `UserError` always carries `Problem`s (where, what, the fix), gathered with a
+`ProblemCollector` when there may be several. `UserError("text")` is only the shorthand for one problem
+with no file or key to name: `Problem("lfw", "text")`.
 """
 
 from __future__ import annotations
@@ -26,9 +30,7 @@ class UserError(Exception):
     """An error the user can fix; carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem] | str, title: str = "") -> None:
-        if isinstance(problems, str):
-            problems = [Problem("lfw", problems)]
-        self.problems = problems
+        self.problems: list[Problem] = [Problem("lfw", problems)] if isinstance(problems, str) else problems
         self.title = title
         super().__init__(self.render())
 

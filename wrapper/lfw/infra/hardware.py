@@ -92,7 +92,7 @@ def visible_gpus(env: Mapping[str, str] | None = None) -> list[GPU]:
     if mask is None:
         return gpus
     by_index = {gpu.index: gpu for gpu in gpus}
-    chosen = []
+    chosen: list[GPU] = []
     for token in mask.split(","):
         token = token.strip()
         if not token.isdigit():  # UUIDs or MIG names: keep order, details unknown

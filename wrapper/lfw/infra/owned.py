@@ -1,9 +1,10 @@
-"""Folders lfw writes whole (exports, reports): built beside their destination, swapped in, replaced only if lfw's.
+"""What lfw writes without ever overwriting: new files, and folders it writes whole (exports, reports).
 
 Why: an interrupted write must never leave half a folder in place, and a folder is only ever replaced when
 lfw's own record in it (an export's lineage.json, a report's .lfw-report.json) lists every file there, so a
 run directory, an adapter, or a user's files are never deleted by a rerun. Temporary folders get fresh
-names: nothing that already exists is reused or removed under a name lfw merely guesses is its own.
+names: nothing that already exists is reused or removed under a name lfw merely guesses is its own. A file
+lfw writes for the user (an sbatch script, a launch task, an imported recipe) is created new or not at all.
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ import secrets
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+
+from lfw.infra.errors import Problem, UserError
+
+
+def write_new_file(path: Path, text: str, exists: Problem) -> None:
+    """Create `path` with `text`; when it exists already (even if created in a race), raise `exists` instead."""
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise UserError([exists]) from None
 
 
 def new_dir_beside(final: Path, tag: str) -> Path:

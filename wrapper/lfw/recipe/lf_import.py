@@ -51,6 +51,7 @@ FIELD_MAP = {
     "weight_decay": "training.weight_decay",
     "max_grad_norm": "training.max_grad_norm",
     "enable_liger_kernel": "training.liger_kernel",
+    "dataloader_num_workers": "training.dataloader_workers",
     "val_size": "training.val_size",
     "logging_steps": "training.logging_steps",
     "save_steps": "training.save_steps",
@@ -63,13 +64,16 @@ FIELD_MAP = {
     "swanlab_run_name": "tracking.swanlab.experiment",
 }
 # LLaMA-Factory 0.9.5 / transformers defaults of mapped keys whose recipe default differs: a YAML that leaves
-# them out trained with these (tests/test_import.py checks them against LF's own argument classes).
+# them out trained with these (tests/recipe/test_import.py checks them against LF's own argument classes).
 LF_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 8,
     "learning_rate": 5e-5,
     "lr_scheduler_type": "linear",
     "logging_steps": 500,
     "plot_loss": False,
+    "enable_liger_kernel": False,  # the recipe's auto defaults below would change the imported run
+    "preprocessing_num_workers": None,
+    "dataloader_num_workers": 0,
 }
 # Keys carried over through other recipe fields (method.type, stages, hardware, precision, ...).
 CARRIED = {
@@ -109,11 +113,16 @@ DROPPED: dict[str, tuple[Any, str]] = {
     "adapter_name_or_path": (_ANY, "lfw chains stages itself; add the earlier stage to `stages`"),
     "create_new_adapter": (_ANY, "lfw chains stages itself; add the earlier stage to `stages`"),
 }
+# Top-level recipe keys in the order an imported recipe lists them.
+RECIPE_ORDER = ("name", "model", "method", "training", "stages", "hardware", "tracking", "output_dir", "llamafactory")
 # Passthrough keys that name files: LF opens them relative to the working directory, lfw runs from anywhere.
 PATH_KEYS = ("cache_dir", "logging_dir")
 METHODS = ("lora", "full", "freeze")
 STAGES = ("sft", "pt", "dpo", "kto", "rm")
 DEEPSPEED_KINDS = ("z0", "z2", "z3", "z3_offload")
+# ZeRO stage of a DeepSpeed config -> the lfw kind closest to it (3 and anything else: z3).
+NEAREST_KIND: dict[Any, str] = {0: "z0", 1: "z2", 2: "z2"}
+UNREADABLE = object()  # what `_Translation.read_json` returns for a file it could not read (after refusing it)
 # What a dataset_info.json entry of a local file may carry; anything else has no recipe field.
 _ENTRY_KEYS = {"file_name", "file_sha1", "formatting", "ranking", "columns", "tags"}
 _HUB_KEYS = ("om_hub_url", "script_url", "cloud_file_name")
@@ -226,6 +235,110 @@ class _Translation:
     def refuse(self, key: str, message: str, fix: str = "") -> None:
         self.problems.add(self.where(key), message, fix)
 
+    def read_json(self, key: str, what: str, path: Path, fix: str) -> Any:
+        """The JSON file that `key` names; UNREADABLE (and refused, naming `what`) when it cannot be read."""
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            self.refuse(key, f"cannot read {what} {path}: {err}", fix)
+            return UNREADABLE
+
+    def kinds(self) -> tuple[str, str]:
+        """The stage and method of the YAML, each refused when no recipe stage or method matches."""
+        config = self.config
+        if config.get("do_train") is not True:
+            self.refuse("do_train", "not a training YAML (do_train is not true)", "lfw imports train YAMLs only")
+        stage_kind = config.get("stage", "sft")
+        if stage_kind not in STAGES:
+            self.refuse("stage", f"{stage_kind!r} has no recipe stage", f"lfw trains {', '.join(STAGES)}")
+        method = config.get("finetuning_type", "lora")
+        if method not in METHODS:
+            self.refuse(
+                "finetuning_type", f"{method!r} has no recipe method", "lfw trains lora, qlora, full and freeze"
+            )
+        if config.get("template") is None and stage_kind != "pt":
+            self.refuse(
+                "template",
+                "missing: LLaMA-Factory would guess one from the tokenizer's chat template, which lfw cannot repeat",
+                "name the chat template, e.g. template: qwen3_nothink",
+            )
+        return stage_kind, method
+
+    def place_keys(self, values: dict[str, Any], recipe: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+        """Each key into its recipe field, a note, or the returned passthrough block (checked against LF's keys)."""
+        passthrough: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in SECRET_KEYS:
+                self.notes.append(f"{key} dropped: secrets belong in the environment ({SECRET_KEYS[key]})")
+            elif key in FIELD_MAP:
+                target = FIELD_MAP[key]
+                if target.startswith("stage."):
+                    stage[target.removeprefix("stage.")] = value
+                else:
+                    _set(recipe, target, value)
+            elif key in DROPPED:
+                self._drop(key, value)
+            elif key not in CARRIED:
+                passthrough[key] = str(_absolute(str(value), self.workdir)) if key in PATH_KEYS and value else value
+        for key, message, fix in check_passthrough(passthrough):
+            if message.startswith("not an argument"):  # LF's train parser refuses it too, unless run as Megatron-core
+                fix = "drop it: `llamafactory-cli train` refuses it as well, unless USE_MCA=1 selects LLaMA-Factory's "
+                fix += "Megatron-core trainer (its parallelism keys), which lfw does not launch"
+            self.refuse(key, message, fix)
+        return passthrough
+
+    def _drop(self, key: str, value: Any) -> None:
+        """A key lfw renders itself: a note unless the YAML's value is the one lfw renders."""
+        rendered, why = DROPPED[key]
+        if rendered is _ANY or value != rendered:
+            self.notes.append(f"{key}: {json.dumps(value)} dropped: {why}")
+
+    def model_and_hardware(
+        self, recipe: dict[str, Any], values: dict[str, Any], stage_kind: str, method: str, gpus: int
+    ) -> None:
+        """The model, method and hardware blocks from the keys the field map does not cover."""
+        config = self.config
+        if config.get("template") is None and stage_kind == "pt":
+            _set(recipe, "model.template", "empty")
+            self.notes.append(
+                "template: none given, so `empty` (what LLaMA-Factory uses without one; pre-training formats no chat)"
+            )
+        model = str(values["model_name_or_path"])
+        if (self.workdir / model).exists():  # LF (transformers) tries a local folder first, relative to where it ran
+            _set(recipe, "model.path", str((self.workdir / model).resolve()))
+        _set(recipe, "method.type", "qlora" if method == "lora" and config.get("quantization_bit") else method)
+        if config.get("quantization_bit") and "upcast_layernorm" not in config:
+            self.notes.append(
+                "upcast_layernorm: lfw renders true for a quantized base (LLaMA-Factory's default is false)"
+            )
+        kind = self.deepspeed()
+        if kind:
+            _set(recipe, "hardware.deepspeed", kind)
+        _set(recipe, "hardware.gpus", gpus)
+        if config.get("use_cpu"):
+            _set(recipe, "hardware.device", "cpu")
+
+    def training(self, recipe: dict[str, Any], values: dict[str, Any], gpus: int) -> tuple[int, int]:
+        """The training block's batch, precision and schedule, and the tracking block; (micro, accumulation)."""
+        config = self.config
+        micro = int(values["per_device_train_batch_size"])
+        accumulation = int(config.get("gradient_accumulation_steps", 1))
+        _set(recipe, "training.global_batch_size", micro * accumulation * gpus)
+        _set(recipe, "training.micro_batch_size", micro)
+        _set(recipe, "training.precision", "bf16" if config.get("bf16") else "fp16" if config.get("fp16") else "fp32")
+        _set(recipe, "training.gradient_checkpointing", not config.get("disable_gradient_checkpointing"))
+        if config.get("stage", "sft") == "sft" and not {"packing", "neat_packing"} & set(config):
+            _set(recipe, "training.packing", False)  # LF's default for sft; the recipe's auto is neat packing
+        if config.get("warmup_steps"):
+            key = "warmup_ratio" if 0 < float(config["warmup_steps"]) < 1 else "warmup_steps"
+            _set(recipe, f"training.{key}", config["warmup_steps"])
+        recipe["training"].pop("epochs" if int(config.get("max_steps") or -1) > 0 else "max_steps", None)
+        if config.get("use_swanlab"):
+            recipe.setdefault("tracking", {}).setdefault("swanlab", {}).setdefault("project", "llamafactory")
+        else:
+            recipe.pop("tracking", None)
+        return micro, accumulation
+
     def datasets(self, dataset_dir: Path | None) -> list[dict[str, Any]]:
         """Each dataset name as a recipe dataset (file, format, columns), looked up as LF looks it up."""
         names = self.config.get("dataset")
@@ -245,14 +358,9 @@ class _Translation:
             return []
         folder = dataset_dir.resolve() if dataset_dir else _absolute(dir_text, self.workdir)
         info_path = folder / "dataset_info.json"
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            self.refuse(
-                "dataset_dir",
-                f"cannot read the dataset registry {info_path}: {err}",
-                "run from the folder LLaMA-Factory ran in (dataset_dir is relative to it), or pass --dataset-dir",
-            )
+        fix = "run from the folder LLaMA-Factory ran in (dataset_dir is relative to it), or pass --dataset-dir"
+        info = self.read_json("dataset_dir", "the dataset registry", info_path, fix)
+        if info is UNREADABLE:
             return []
         media = self.config.get("media_dir")
         media_dir = _absolute(str(media), self.workdir) if media else folder  # LF: media_dir defaults to dataset_dir
@@ -304,20 +412,15 @@ class _Translation:
         if not text:
             return None
         path = _absolute(str(text), self.workdir)
-        try:
-            theirs = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            self.refuse(
-                "deepspeed",
-                f"cannot read the DeepSpeed config {path}: {err}",
-                "run from the folder LLaMA-Factory ran in (the path is relative to it)",
-            )
+        fix = "run from the folder LLaMA-Factory ran in (the path is relative to it)"
+        theirs = self.read_json("deepspeed", "the DeepSpeed config", path, fix)
+        if theirs is UNREADABLE:
             return None
         for kind in DEEPSPEED_KINDS:
             if json.loads(deepspeed_json(kind)) == theirs:
                 return kind
         zero = theirs.get("zero_optimization") or {}
-        nearest = {0: "z0", 1: "z2", 2: "z2"}.get(zero.get("stage"), "z3")
+        nearest = NEAREST_KIND.get(zero.get("stage"), "z3")
         ours = json.loads(deepspeed_json(nearest))
         differ = sorted(
             {
@@ -336,93 +439,29 @@ class _Translation:
         return None
 
 
+def _require_train_yaml(path: Path, config: dict[str, Any]) -> None:
+    if "model_name_or_path" not in config:
+        shape = "a LLaMA-Factory v1 config (USE_V1=1)" if "model" in config else "not a LLaMA-Factory train YAML"
+        raise UserError(
+            [Problem(str(path), f"{shape}: no model_name_or_path", "lfw imports `llamafactory-cli train` YAMLs")]
+        )
+
+
 def import_config(path: Path, gpus: int = 1, dataset_dir: Path | None = None, workdir: Path | None = None) -> Imported:
     """Translate one LLaMA-Factory train YAML (as `llamafactory-cli train` run in `workdir` reads it) to a recipe.
 
     workdir (default: the current directory) is where LLaMA-Factory ran: its relative paths resolve there.
     """
     config, lines = read_lf_yaml(path)
-    if "model_name_or_path" not in config:
-        shape = "a LLaMA-Factory v1 config (USE_V1=1)" if "model" in config else "not a LLaMA-Factory train YAML"
-        raise UserError(
-            [Problem(str(path), f"{shape}: no model_name_or_path", "lfw imports `llamafactory-cli train` YAMLs")]
-        )
+    _require_train_yaml(path, config)
     job = _Translation(path, config, lines, (workdir or Path.cwd()).resolve())
-    if config.get("do_train") is not True:
-        job.refuse("do_train", "not a training YAML (do_train is not true)", "lfw imports train YAMLs only")
-    stage_kind = config.get("stage", "sft")
-    if stage_kind not in STAGES:
-        job.refuse("stage", f"{stage_kind!r} has no recipe stage", f"lfw trains {', '.join(STAGES)}")
-    method = config.get("finetuning_type", "lora")
-    if method not in METHODS:
-        job.refuse("finetuning_type", f"{method!r} has no recipe method", "lfw trains lora, qlora, full and freeze")
-    if config.get("template") is None and stage_kind != "pt":
-        job.refuse(
-            "template",
-            "missing: LLaMA-Factory would guess one from the tokenizer's chat template, which lfw cannot repeat",
-            "name the chat template, e.g. template: qwen3_nothink",
-        )
-
+    stage_kind, method = job.kinds()
     values = {**config, **{key: value for key, value in LF_DEFAULTS.items() if key not in config}}
     recipe: dict[str, Any] = {"name": re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).strip("-._") or "imported"}
     stage: dict[str, Any] = {"stage": stage_kind}
-    passthrough: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in SECRET_KEYS:
-            job.notes.append(f"{key} dropped: secrets belong in the environment ({SECRET_KEYS[key]})")
-        elif key in FIELD_MAP:
-            target = FIELD_MAP[key]
-            if target.startswith("stage."):
-                stage[target.removeprefix("stage.")] = value
-            else:
-                _set(recipe, target, value)
-        elif key in DROPPED:
-            rendered, why = DROPPED[key]
-            if rendered is _ANY or value != rendered:
-                job.notes.append(f"{key}: {json.dumps(value)} dropped: {why}")
-        elif key not in CARRIED:
-            passthrough[key] = str(_absolute(str(value), job.workdir)) if key in PATH_KEYS and value else value
-    for key, message, fix in check_passthrough(passthrough):
-        if message.startswith("not an argument"):  # LF's train parser refuses it too, unless run as Megatron-core
-            fix = "drop it: `llamafactory-cli train` refuses it as well, unless USE_MCA=1 selects LLaMA-Factory's "
-            fix += "Megatron-core trainer (its parallelism keys), which lfw does not launch"
-        job.refuse(key, message, fix)
-
-    if config.get("template") is None and stage_kind == "pt":
-        _set(recipe, "model.template", "empty")
-        job.notes.append(
-            "template: none given, so `empty` (what LLaMA-Factory uses without one; pre-training formats no chat)"
-        )
-    model = str(values["model_name_or_path"])
-    if (job.workdir / model).exists():  # LF (transformers) tries a local folder first, relative to where it ran
-        _set(recipe, "model.path", str((job.workdir / model).resolve()))
-    _set(recipe, "method.type", "qlora" if method == "lora" and config.get("quantization_bit") else method)
-    if config.get("quantization_bit") and "upcast_layernorm" not in config:
-        job.notes.append("upcast_layernorm: lfw renders true for a quantized base (LLaMA-Factory's default is false)")
-    kind = job.deepspeed()
-    if kind:
-        _set(recipe, "hardware.deepspeed", kind)
-    _set(recipe, "hardware.gpus", gpus)
-    if config.get("use_cpu"):
-        _set(recipe, "hardware.device", "cpu")
-    micro = int(values["per_device_train_batch_size"])
-    accumulation = int(config.get("gradient_accumulation_steps", 1))
-    _set(recipe, "training.global_batch_size", micro * accumulation * gpus)
-    _set(recipe, "training.micro_batch_size", micro)
-    _set(recipe, "training.precision", "bf16" if config.get("bf16") else "fp16" if config.get("fp16") else "fp32")
-    if config.get("disable_gradient_checkpointing"):
-        _set(recipe, "training.gradient_checkpointing", False)
-    if config.get("warmup_steps"):
-        key = "warmup_ratio" if 0 < float(config["warmup_steps"]) < 1 else "warmup_steps"
-        _set(recipe, f"training.{key}", config["warmup_steps"])
-    if int(config.get("max_steps") or -1) > 0:
-        recipe["training"].pop("epochs", None)
-    else:
-        recipe["training"].pop("max_steps", None)
-    if config.get("use_swanlab"):
-        recipe.setdefault("tracking", {}).setdefault("swanlab", {}).setdefault("project", "llamafactory")
-    else:
-        recipe.pop("tracking", None)
+    passthrough = job.place_keys(values, recipe, stage)
+    job.model_and_hardware(recipe, values, stage_kind, method, gpus)
+    micro, accumulation = job.training(recipe, values, gpus)
     stage["datasets"] = job.datasets(dataset_dir)
     job.problems.raise_if_any(f"{path}: cannot import (LLaMA-Factory run from {job.workdir})")
 
@@ -435,11 +474,7 @@ def import_config(path: Path, gpus: int = 1, dataset_dir: Path | None = None, wo
         f"global_batch_size {micro * accumulation * gpus} = {micro} per GPU x {accumulation} accumulation "
         f"x {gpus} GPU(s); lfw keeps it constant when the GPU count changes"
     )
-    ordered = {
-        k: recipe[k]
-        for k in ("name", "model", "method", "training", "stages", "hardware", "tracking", "output_dir", "llamafactory")
-        if k in recipe
-    }
+    ordered: dict[str, Any] = {key: recipe[key] for key in RECIPE_ORDER if key in recipe}
     return Imported(ordered, job.notes)
 
 

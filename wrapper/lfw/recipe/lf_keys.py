@@ -18,12 +18,13 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from lfw.infra.errors import UserError
+from lfw.infra.versions import installed_version
 
 SNAPSHOT_FORMAT = 2  # bump when the dump's shape changes; older cache files are read again
 
@@ -226,13 +227,6 @@ class KeySet:
         return f"{name!r} is not a template of LLaMA-Factory {self.llamafactory}", fix
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def cache_dir() -> Path:
     root = os.environ.get("LFW_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lfw"
     return Path(root)
@@ -277,7 +271,7 @@ _CACHE: dict[tuple, KeySet] = {}
 
 def known_keys() -> KeySet:
     """The installed LLaMA-Factory's description; a bundled snapshot when it is not installed here."""
-    lf_version, tf_version = _version("llamafactory"), _version("transformers")
+    lf_version, tf_version = installed_version("llamafactory"), installed_version("transformers")
     memo = (lf_version, tf_version)
     if memo in _CACHE:
         return _CACHE[memo]

@@ -230,18 +230,18 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
-def anchor_paths(data: dict[str, Any], folder: Path, source: str) -> None:
-    """Make one document's relative model, data and media paths absolute against `folder`, in place.
+# One path to anchor: (the mapping holding it, its key, the recipe key path shown in errors, how to anchor it).
+PathPlace = tuple[dict[str, Any], str, str, Callable[[str], str]]
 
-    Each file of an `extends` chain anchors its own paths before the merge, so a base recipe's `data/x.json`
-    means the file beside the base, not beside the recipe that extends it. Hub ids stay as they are.
-    """
+
+def _path_places(data: dict[str, Any], folder: Path) -> list[PathPlace]:
+    """Every model, dataset, media and benchmark path of one recipe document, wherever it is well-formed."""
     from lfw.rendering.render import model_location, resolve_path
 
     def as_path(text: str) -> str:
         return str(resolve_path(text, folder))
 
-    places: list[tuple[dict[str, Any], str, str, Callable[[str], str]]] = []
+    places: list[PathPlace] = []
     model = data.get("model")
     if isinstance(model, dict):
         places.append((model, "path", "model.path", lambda text: model_location(text, folder)))
@@ -257,7 +257,16 @@ def anchor_paths(data: dict[str, Any], folder: Path, source: str) -> None:
     for b_index, spec in enumerate(benchmarks if isinstance(benchmarks, list) else []):
         if isinstance(spec, dict):
             places.append((spec, "path", f"eval.benchmarks[{b_index}].path", as_path))
-    for block, key, where, anchored in places:
+    return places
+
+
+def anchor_paths(data: dict[str, Any], folder: Path, source: str) -> None:
+    """Make one document's relative model, data and media paths absolute against `folder`, in place.
+
+    Each file of an `extends` chain anchors its own paths before the merge, so a base recipe's `data/x.json`
+    means the file beside the base, not beside the recipe that extends it. Hub ids stay as they are.
+    """
+    for block, key, where, anchored in _path_places(data, folder):
         text = block.get(key)
         if not isinstance(text, str):
             continue  # validation names it
@@ -382,7 +391,8 @@ def changed_keys(before: Any, after: Any, path: tuple = ()) -> list[tuple[str, A
 
 
 def _cross_checks(recipe: Recipe, source: str, lines: dict[tuple, int], problems: ProblemCollector) -> None:
-    """Rules that span blocks: stage names unique, DPO on a LoRA run, passthrough keys known."""
+    """Rules that span blocks: stage names unique, each stage's merged training block valid, passthrough keys
+    known."""
     names = [recipe.stage_dir_name(i) for i in range(len(recipe.stages))]
     for name in {n for n in names if names.count(n) > 1}:
         problems.add(f"{source} stages", f"two stages are named {name!r}", "give each stage a distinct name")

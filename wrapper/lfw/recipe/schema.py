@@ -7,26 +7,30 @@ This module is pure: no click, no torch.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, create_model, model_validator
+from pydantic.fields import FieldInfo
 
-Method = Literal["lora", "qlora", "full", "freeze"]
-StageKind = Literal["sft", "dpo", "kto", "pt", "rm"]
-DatasetFormat = Literal[
-    "alpaca", "sharegpt", "openai", "preference", "preference_sharegpt", "kto", "multimodal", "text"
-]
+from lfw.recipe.vocabulary import FORMATS, STAGE_FORMATS, DatasetFormat, Method, StageKind, TagStyle
+
 DeepSpeed = Literal["none", "z0", "z2", "z3", "z3_offload"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
-# Which dataset formats each stage can train on (LLaMA-Factory's `ranking` and `kto_tag` rules).
-STAGE_FORMATS: dict[str, tuple[str, ...]] = {
-    "sft": ("alpaca", "sharegpt", "openai", "multimodal"),
-    "pt": ("text", "alpaca", "sharegpt", "openai"),
-    "dpo": ("preference", "preference_sharegpt"),
-    "rm": ("preference", "preference_sharegpt"),
-    "kto": ("kto",),
-}
+
+def _packing(value: Any) -> Any:
+    """`true` keeps its old meaning (LLaMA-Factory's `packing: true`); `off`/`none` mean false."""
+    if value is True:
+        return "plain"
+    return False if value in ("off", "none") else value
+
+
+Packing = Annotated[Literal["auto", "neat", "plain", False], BeforeValidator(_packing)]
+
+
+# `packing: auto` per stage: no attention across samples for sft; LLaMA-Factory packs pt itself; it cannot pack
+# the pairs of dpo/kto/rm.
+AUTO_PACKING: dict[str, str] = {"sft": "neat", "pt": "plain"}
 
 
 class Strict(BaseModel):
@@ -103,11 +107,9 @@ class DatasetSpec(Strict):
     subset: str | None = Field(None, description="Hub dataset: configuration (subset) name.")
     split: str | None = Field(None, description="Hub dataset: split to train on (LLaMA-Factory's default: train).")
     folder: str | None = Field(None, description="Hub dataset: folder of the repository that holds the data.")
-    format: DatasetFormat = Field(
-        description="alpaca, sharegpt, openai, preference, preference_sharegpt, kto, multimodal, text."
-    )
+    format: DatasetFormat = Field(description=f"{', '.join(FORMATS)}.")
     name: str | None = Field(None, description="Name in dataset_info.json; default from the file name.")
-    tags: Literal["from_value", "role_content"] | None = Field(
+    tags: TagStyle | None = Field(
         None,
         description="sharegpt tag style: from/value with human/gpt, or role/content with user/assistant.",
     )
@@ -141,7 +143,9 @@ class TrainingSpec(Strict):
         description="Samples per optimizer step over all GPUs and nodes; held constant as GPU count changes.",
     )
     micro_batch_size: Annotated[int, Field(gt=0, le=MAX_MICRO_BATCH)] | Literal["auto"] = Field(
-        1, description="Samples per GPU per forward pass; auto: the largest that `lfw plan` finds fits."
+        "auto",
+        description="Samples (packed sequences with packing) per GPU per forward pass; auto: on GPUs the largest "
+        "that `lfw plan` finds fits the smallest GPU (or LFW_GPU_MEM_GIB; 1 when the memory is unknown), 1 on CPU.",
     )
     cutoff_len: PositiveInt = Field(
         2048, le=MAX_CUTOFF_LEN, description="Maximum tokens per sample (longer ones are cut)."
@@ -170,15 +174,36 @@ class TrainingSpec(Strict):
         "auto",
         description="auto: bf16 where the GPU has it, else fp16; fp32 on CPU (bf16/fp16 there only if asked).",
     )
-    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
-    packing: bool = Field(False, description="Pack several samples into one cutoff_len sequence.")
-    liger_kernel: bool = Field(False, description="Fused liger kernels (saves most of the logits memory).")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations to save memory; auto: on GPUs only when the planner finds memory needs "
+        "it (on when the GPU memory is unknown), off on CPU.",
+    )
+    packing: Packing = Field(
+        "auto",
+        description="Several samples per cutoff_len sequence: neat (no attention across samples; sft only), plain "
+        "(LLaMA-Factory's packing: true), false; auto: neat for sft (false on CPU), plain for pt (LLaMA-Factory's "
+        "own), false for dpo/kto/rm. An optimizer step then takes global_batch_size packed sequences.",
+    )
+    liger_kernel: bool | Literal["auto"] = Field(
+        "auto",
+        description="Fused liger kernels (most of the logits memory saved); auto: on GPUs, off on CPU (Triton "
+        "kernels need a CUDA GPU).",
+    )
+    dataloader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Data-loader processes per GPU; auto: min(4, CPUs / GPUs per node) on GPUs, 0 on CPU.",
+    )
     val_size: float = Field(0.0, ge=0, lt=1, description="Fraction of the data held out for evaluation.")
     logging_steps: PositiveInt = Field(10, description="Log loss every N steps.")
     save_steps: PositiveInt = Field(500, description="Save a checkpoint every N steps.")
     eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (default save_steps).")
     seed: int = Field(42, description="Random seed.")
-    preprocessing_workers: PositiveInt | None = Field(None, description="Processes for tokenizing the data.")
+    preprocessing_workers: PositiveInt | Literal["auto"] | None = Field(
+        "auto",
+        description="Processes for tokenizing the data; auto: min(16, CPUs), one per 8 MiB of local data; "
+        "null: LLaMA-Factory's one process.",
+    )
     plot_loss: bool = Field(True, description="Save a loss curve PNG after training.")
 
     @model_validator(mode="after")
@@ -190,11 +215,19 @@ class TrainingSpec(Strict):
         return self
 
 
+def _optional(field: FieldInfo) -> tuple[Any, None]:
+    """A field as an optional override, keeping its before-validators (packing: true means plain there too)."""
+    validators = [m for m in field.metadata if isinstance(m, BeforeValidator)]
+    base: Any = field.annotation
+    annotation = base | None
+    return (Annotated[(annotation, *validators)] if validators else annotation), None
+
+
 # Per-stage overrides: any training field, all optional, merged over the recipe's `training` block.
 TrainingOverrides = create_model(
     "TrainingOverrides",
     __base__=Strict,
-    **{name: (field.annotation | None, None) for name, field in TrainingSpec.model_fields.items()},
+    **cast(dict[str, Any], {name: _optional(field) for name, field in TrainingSpec.model_fields.items()}),
 )
 
 
@@ -418,6 +451,8 @@ class Recipe(Strict):
         merged = self.training.model_dump()
         if overrides is not None:
             merged.update(overrides.model_dump(exclude_none=True))
+        if merged["packing"] == "auto":  # what auto means depends on the stage: every reader sees the same
+            merged["packing"] = AUTO_PACKING.get(self.stages[index].stage, False)
         return TrainingSpec.model_validate(merged)
 
     def stage_dir_name(self, index: int) -> str:

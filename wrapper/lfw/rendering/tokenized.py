@@ -276,7 +276,7 @@ def _worker() -> None:
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
     stage = _DATASET_STAGE[config["stage"]]
-    get_dataset(template, model_args, data_args, training_args, stage=stage, **tokenizer_module)  # type: ignore[arg-type]
+    get_dataset(template, model_args, data_args, training_args, stage=stage, **tokenizer_module)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 from lfw.infra.errors import ProblemCollector, UserError
 from lfw.post.eval import scoring
+from lfw.preflight.data.readers import read_rows
 
 __all__ = [
     "Item",
@@ -66,16 +67,7 @@ NAME_HINTS = {
 
 
 def _read_jsonl(path: Path) -> list[Any]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-    return rows
+    return read_rows(path, "jsonl")  # the data check's reader: the first bad line is the error, with its fix
 
 
 def _read_json(path: Path, split: str | None) -> list[Any]:
@@ -112,11 +104,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise UserError("reading Parquet benchmarks needs pyarrow: pip install pyarrow") from err
-    return pq.read_table(path).to_pylist()
+    return read_rows(path, "parquet")
 
 
 def _read_saved_dataset(path: Path, split: str | None) -> list[dict[str, Any]]:
@@ -372,8 +360,9 @@ class MultipleChoice(Benchmark):
     def score(self, item: Item, output: Output) -> dict[str, float]:
         letters = string.ascii_uppercase[: len(item.choices)]
         scores = {"acc_gen": float(scoring.extract_choice(output.prediction, len(letters)) == item.reference)}
-        if output.choice_logprobs:
-            best = max(range(len(letters)), key=lambda i: output.choice_logprobs[i])
+        logprobs = output.choice_logprobs
+        if logprobs:
+            best = max(range(len(letters)), key=lambda i: logprobs[i])
             scores["acc_loglik"] = float(letters[best] == item.reference)
         return scores
 

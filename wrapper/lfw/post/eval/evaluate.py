@@ -22,8 +22,6 @@ import csv
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +36,8 @@ from rich.table import Table
 from lfw import __version__
 from lfw.infra.errors import Problem, UserError
 from lfw.infra.owned import unlisted
+from lfw.infra.paths import looks_local
+from lfw.infra.processes import TERMINATE_FIRST, run_logged, tail
 from lfw.post.eval.benchmarks import Benchmark, Output, resolve, subset
 from lfw.post.serve import chat_template_settings, read_lineage
 
@@ -72,7 +72,9 @@ class EvalOptions:
 
 
 @dataclass
-class ModelSpec:
+class EvalModel:
+    """One model to evaluate: its result folder's label, where it is, and the prompt settings it is served with."""
+
     label: str
     path: str
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # lineage.json's, as lfw serve uses
@@ -97,7 +99,7 @@ def adapter_label(adapter: Path) -> str:
     return adapter.name
 
 
-def parse_model(spec: str, adapter: str | None) -> ModelSpec:
+def parse_model(spec: str, adapter: str | None) -> EvalModel:
     """``[LABEL=]PATH``; a run directory is refused with the two ways to evaluate it."""
     label, sep, path = spec.partition("=")
     if not sep or not label or "/" in label or Path(spec).exists():
@@ -107,17 +109,17 @@ def parse_model(spec: str, adapter: str | None) -> ModelSpec:
         stages = sorted(p.name for p in local.iterdir() if (p / "adapter_config.json").is_file())
         hint = f" or pass the base model with --adapter {local / stages[-1]}" if stages else ""
         raise UserError(f"{path} is an lfw run directory: merge it first with `lfw export {path}`{hint}")
-    looks_local = path.startswith((".", "/", "~")) or local.exists() or path.count("/") != 1
-    if looks_local and not (local / "config.json").is_file():
+    is_local = looks_local(path)
+    if is_local and not (local / "config.json").is_file():
         raise UserError(f"model {path}: no config.json there (a model folder, an export, or a hub id)")
     if not label:
-        label = local.name if looks_local else path.replace("/", "--")
+        label = local.name if is_local else path.replace("/", "--")
         if adapter:
             label += "+" + adapter_label(Path(adapter))
-    if not looks_local:
-        return ModelSpec(_label(label), path)
+    if not is_local:
+        return EvalModel(_label(label), path)
     kwargs, notes = chat_template_settings(read_lineage(local))
-    return ModelSpec(_label(label), str(local.resolve()), kwargs, notes)
+    return EvalModel(_label(label), str(local.resolve()), kwargs, notes)
 
 
 def unique_names(names: Sequence[str]) -> list[str]:
@@ -168,63 +170,25 @@ def _worker_env(backend: str) -> dict[str, str]:
     return env
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop the worker's whole process group (vLLM starts engine processes of its own)."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 _LOG_NOISE = re.compile(r"\b(INFO|DEBUG|WARNING)\b \d\d-\d\d |^\s*warnings\.warn|resource_tracker")
 
 
-def _error_tail(log: str, lines: int = 25) -> list[str]:
-    """The end of the worker log without vLLM's info/shutdown chatter, so the real error is what shows."""
-    kept = [line for line in log.splitlines() if not _LOG_NOISE.search(line)]
-    return kept[-lines:]
-
-
 def run_worker(cmd: list[str], env: dict[str, str], log_path: Path, console: Console, label: str) -> float:
-    """Run the worker in its own process group, log everything, echo progress; return the wall seconds."""
+    """Run the worker in its own process group, log everything, echo progress; return the wall seconds.
+
+    On failure the error shows the end of the log without vLLM's info/shutdown chatter, so the real error shows.
+    """
+
+    def echo(line: str) -> None:
+        if line.startswith(PROGRESS):
+            console.print(f"  [dim]{label}:[/] {line[len(PROGRESS) :].strip()}", highlight=False)
+
     start = time.perf_counter()
-    with log_path.open("w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            env=env,
-            start_new_session=True,
-            errors="replace",
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if line.startswith(PROGRESS):
-                    console.print(f"  [dim]{label}:[/] {line[len(PROGRESS) :].strip()}", highlight=False)
-            code = proc.wait()
-        except BaseException:
-            _stop_group(proc)
-            raise
-        finally:
-            try:  # anything the worker left behind (an engine process) goes with it
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    # The worker has nothing to save: SIGTERM, then SIGKILL (no SIGINT round).
+    code = run_logged(cmd, env, log_path, on_line=echo, ladder=TERMINATE_FIRST)
     if code != 0:
-        tail = "\n".join(_error_tail(log_path.read_text(encoding="utf-8", errors="replace")))
-        raise UserError(f"generation worker for {label} failed (exit {code}); last lines of {log_path}:\n{tail}")
+        last = tail(log_path, 25, skip=_LOG_NOISE)
+        raise UserError(f"generation worker for {label} failed (exit {code}); last lines of {log_path}:\n{last}")
     return time.perf_counter() - start
 
 
@@ -255,54 +219,31 @@ def _rate(count: float, seconds: float) -> float | None:
     return round(count / seconds, 3) if seconds > 0 else None
 
 
-def evaluate_model(
-    model: ModelSpec, benches: Sequence[Benchmark], options: EvalOptions, console: Console
-) -> dict[str, Any]:
-    """Generate with the worker, score every answer, write samples and summaries; return the summary."""
-    out = options.out / model.label
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (SUMMARY, SAMPLES, "summary.csv"):
-        (out / stale).unlink(missing_ok=True)  # a failed run must not leave an older result looking current
-    jobs = build_requests(benches, options)
-    _write_jsonl(out / "requests.jsonl", [request for _, _, request in jobs])
-    cmd = [
-        worker_python(options),
-        "-m",
-        "lfw.post.eval.worker",
-        "--backend",
-        options.backend,
-        "--model",
-        model.path,
-        "--requests",
-        str(out / "requests.jsonl"),
-        "--output",
-        str(out / "predictions.jsonl"),
-        "--stats",
-        str(out / "worker.json"),
-        "--seed",
-        str(options.seed),
-        "--dtype",
-        options.dtype,
-        "--batch-size",
-        str(options.batch_size),
-        "--tensor-parallel-size",
-        str(options.tensor_parallel_size),
-        "--chat-template-kwargs",
-        json.dumps(model.chat_template_kwargs),
-    ]
+def worker_command(model: EvalModel, out: Path, options: EvalOptions) -> list[str]:
+    """The worker's command line: requests in, predictions and stats out, all under `out`."""
+    cmd = [worker_python(options), "-m", "lfw.post.eval.worker", "--backend", options.backend, "--model", model.path]
+    cmd += ["--requests", str(out / "requests.jsonl"), "--output", str(out / "predictions.jsonl")]
+    cmd += ["--stats", str(out / "worker.json"), "--seed", str(options.seed), "--dtype", options.dtype]
+    cmd += ["--batch-size", str(options.batch_size), "--tensor-parallel-size", str(options.tensor_parallel_size)]
+    cmd += ["--chat-template-kwargs", json.dumps(model.chat_template_kwargs)]
     if options.adapter:
         cmd += ["--adapter", str(Path(options.adapter).resolve())]
     if options.max_model_len:
         cmd += ["--max-model-len", str(options.max_model_len)]
     if options.enforce_eager:
         cmd.append("--enforce-eager")
-    console.print(f"[bold]{model.label}[/]: {len(jobs)} prompts, {options.backend} backend")
-    wall = run_worker(cmd, _worker_env(options.backend), out / "worker.log", console, model.label)
-    stats = json.loads((out / "worker.json").read_text(encoding="utf-8"))
-    predictions = {row["id"]: row for row in map(json.loads, (out / "predictions.jsonl").open(encoding="utf-8"))}
+    return cmd
 
+
+Scored = dict[str, list[tuple[Any, Output, dict[str, float]]]]  # per benchmark: (item, output, scores)
+
+
+def score_answers(
+    benches: Sequence[Benchmark], jobs: Sequence[tuple[Benchmark, Any, dict]], predictions: dict[str, dict]
+) -> tuple[list[dict[str, Any]], Scored]:
+    """Score every answer here (never in the worker); returns the samples.jsonl rows and the scores per benchmark."""
     samples: list[dict[str, Any]] = []
-    per_bench: dict[str, list[tuple[Any, Output, dict[str, float]]]] = {b.name: [] for b in benches}
+    per_bench: Scored = {b.name: [] for b in benches}
     for bench, item, request in jobs:
         answer = predictions[request["id"]]
         output = Output(answer["prediction"] or "", answer.get("choice_logprobs"))
@@ -324,34 +265,40 @@ def evaluate_model(
         sample["completion_tokens"] = answer["completion_tokens"]
         sample["finish_reason"] = answer["finish_reason"]
         samples.append(sample)
-    _write_jsonl(out / SAMPLES, samples)
+    return samples, per_bench
 
-    results: dict[str, Any] = {}
-    total_seconds = total_gen_seconds = total_tokens = 0.0
-    for bench in benches:
-        rows = per_bench[bench.name]
-        group = stats["groups"].get(bench.name, {})
-        metrics = bench.aggregate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
-        seconds = group.get("generate_seconds", 0.0) + group.get("loglik_seconds", 0.0)
-        tokens = group.get("completion_tokens", 0)
-        total_seconds += seconds
-        total_gen_seconds += group.get("generate_seconds", 0.0)
-        total_tokens += tokens
-        results[bench.name] = {
-            "kind": bench.kind,
-            "source": bench.source,
-            "samples": len(rows),
-            "primary": bench.primary,
-            "score": metrics.get(bench.primary),
-            "metrics": {k: round(v, 6) for k, v in metrics.items()},
-            "samples_per_s": _rate(len(rows), seconds),
-            "tokens_per_s": _rate(tokens, group.get("generate_seconds", 0.0)),
-            "generate_seconds": group.get("generate_seconds"),
-            "loglik_seconds": group.get("loglik_seconds"),
-            "completion_tokens": tokens,
-            "prompt_tokens": group.get("prompt_tokens"),
-        }
-    summary = {
+
+def bench_result(
+    bench: Benchmark, rows: list[tuple[Any, Output, dict[str, float]]], group: dict[str, Any]
+) -> dict[str, Any]:
+    """One benchmark's metrics and throughput (the worker's timings of its group)."""
+    metrics = bench.aggregate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    generate = group.get("generate_seconds", 0.0)
+    tokens = group.get("completion_tokens", 0)
+    return {
+        "kind": bench.kind,
+        "source": bench.source,
+        "samples": len(rows),
+        "primary": bench.primary,
+        "score": metrics.get(bench.primary),
+        "metrics": {k: round(v, 6) for k, v in metrics.items()},
+        "samples_per_s": _rate(len(rows), generate + group.get("loglik_seconds", 0.0)),
+        "tokens_per_s": _rate(tokens, generate),
+        "generate_seconds": group.get("generate_seconds"),
+        "loglik_seconds": group.get("loglik_seconds"),
+        "completion_tokens": tokens,
+        "prompt_tokens": group.get("prompt_tokens"),
+    }
+
+
+def build_summary(
+    model: EvalModel, options: EvalOptions, results: dict[str, Any], stats: dict[str, Any], wall: float
+) -> dict[str, Any]:
+    """summary.json: every benchmark's result, overall throughput, and what produced them."""
+    groups = [stats["groups"].get(name, {}) for name in results]
+    generate = sum(g.get("generate_seconds", 0.0) for g in groups)
+    seconds = sum(g.get("generate_seconds", 0.0) + g.get("loglik_seconds", 0.0) for g in groups)
+    return {
         "model": model.label,
         "path": model.path,
         "adapter": str(Path(options.adapter).resolve()) if options.adapter else None,
@@ -364,11 +311,32 @@ def evaluate_model(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "load_seconds": stats.get("load_seconds"),
         "wall_seconds": round(wall, 2),
-        "samples_per_s": _rate(len(jobs), total_seconds),
-        "tokens_per_s": _rate(total_tokens, total_gen_seconds),
+        "samples_per_s": _rate(sum(r["samples"] for r in results.values()), seconds),
+        "tokens_per_s": _rate(sum(g.get("completion_tokens", 0) for g in groups), generate),
         "benchmarks": results,
         "versions": {"lfw": __version__, **stats.get("versions", {})},
     }
+
+
+def evaluate_model(
+    model: EvalModel, benches: Sequence[Benchmark], options: EvalOptions, console: Console
+) -> dict[str, Any]:
+    """Generate with the worker, score every answer, write samples and summaries; return the summary."""
+    out = options.out / model.label
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (SUMMARY, SAMPLES, "summary.csv"):
+        (out / stale).unlink(missing_ok=True)  # a failed run must not leave an older result looking current
+    jobs = build_requests(benches, options)
+    _write_jsonl(out / "requests.jsonl", [request for _, _, request in jobs])
+    console.print(f"[bold]{model.label}[/]: {len(jobs)} prompts, {options.backend} backend")
+    cmd = worker_command(model, out, options)
+    wall = run_worker(cmd, _worker_env(options.backend), out / "worker.log", console, model.label)
+    stats = json.loads((out / "worker.json").read_text(encoding="utf-8"))
+    predictions = {row["id"]: row for row in map(json.loads, (out / "predictions.jsonl").open(encoding="utf-8"))}
+    samples, per_bench = score_answers(benches, jobs, predictions)
+    _write_jsonl(out / SAMPLES, samples)
+    results = {b.name: bench_result(b, per_bench[b.name], stats["groups"].get(b.name, {})) for b in benches}
+    summary = build_summary(model, options, results, stats, wall)
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     write_summary_csv(out / "summary.csv", summary)
     return summary

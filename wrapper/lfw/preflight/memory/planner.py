@@ -22,10 +22,15 @@ The constants marked `calibrated` were fitted once against an H100 (docs/plan_vs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lfw.preflight.memory.shapes import LINEAR_NAMES, ModelArch
+from lfw.rendering.speed import LIGER_MODEL_TYPES
 from lfw.rendering.stage_models import reference_kind, single_adapter_reason
+
+if TYPE_CHECKING:
+    from lfw.recipe.schema import Recipe
 
 GIB = 1024**3
 MIB = 1024**2
@@ -60,7 +65,7 @@ class PlanInput:
     cutoff_len: int = 2048
     gradient_checkpointing: bool = True
     liger: bool = False
-    packing: bool = False
+    packing: str = "off"  # off, plain or neat (neat: a 4D attention mask under SDPA)
     stage: str = "sft"
     pref_loss: str | None = None
     freeze_trainable_layers: int = 2
@@ -166,271 +171,244 @@ def layer_activation_bytes(arch: ModelArch, *, fp32_residual: bool, liger: bool,
     return norms + attn + mlp + lora
 
 
-def estimate(inp: PlanInput) -> Estimate:
-    """Per-GPU peak memory of one training step of `inp`, as the parts alive at the peak."""
+@dataclass(frozen=True)
+class _Setup:
+    """What the parts of one estimate share: derived once from the PlanInput."""
+
+    inp: PlanInput
+    trainable: int
+
+    @property
+    def n(self) -> int:
+        return max(self.inp.world_size, 1)
+
+    @property
+    def half(self) -> int:
+        return 4 if self.inp.precision == "fp32" else 2
+
+    @property
+    def zero3(self) -> bool:
+        return self.inp.deepspeed in ("z3", "z3_offload")
+
+    @property
+    def offload(self) -> bool:
+        return self.inp.deepspeed == "z3_offload"
+
+    @property
+    def lora(self) -> bool:
+        return self.inp.method in ("lora", "qlora")
+
+    @property
+    def bits(self) -> int | None:
+        return self.inp.quant_bits if self.lora else None
+
+    @property
+    def fp32_trainable(self) -> bool:
+        """Without DeepSpeed LLaMA-Factory casts trainable parameters to fp32 and trains under autocast;
+        DeepSpeed keeps the module in bf16 and holds an fp32 master copy inside its optimizer."""
+        return self.inp.deepspeed == "none" and self.inp.precision != "fp32"
+
+    @property
+    def fp32_residual(self) -> bool:
+        return self.fp32_trainable and self.inp.method == "full"
+
+    @property
+    def res_bytes(self) -> int:
+        return 4 if self.fp32_residual else self.half
+
+
+def trainable_params(inp: PlanInput) -> int:
+    """Parameters that get gradients: the LoRA adapters, the last freeze layers, or all of them."""
     arch = inp.arch
-    ds = inp.deepspeed
-    n = max(inp.world_size, 1)
-    half = 4 if inp.precision == "fp32" else 2
-    zero3 = ds in ("z3", "z3_offload")
-    offload = ds == "z3_offload"
-    lora = inp.method in ("lora", "qlora")
-    bits = inp.quant_bits if lora else None
-
-    if lora:
-        trainable = lora_params(arch, inp.lora_rank, inp.lora_target)
-    elif inp.method == "freeze":
+    if inp.method in ("lora", "qlora"):
+        return lora_params(arch, inp.lora_rank, inp.lora_target)
+    if inp.method == "freeze":
         layers = min(abs(inp.freeze_trainable_layers), arch.layers)
-        trainable = layers * (arch.layer_linear_params + arch.layer_other_params)
-    else:
-        trainable = arch.params
+        return layers * (arch.layer_linear_params + arch.layer_other_params)
+    return arch.params
 
-    # Without DeepSpeed LLaMA-Factory casts trainable parameters to fp32 and trains under autocast;
-    # DeepSpeed keeps the module in bf16 and holds an fp32 master copy inside its optimizer.
-    fp32_trainable = ds == "none" and inp.precision != "fp32"
-    comps: list[Component] = []
-    cpu = 0.0
 
-    frozen = arch.params - (trainable if not lora else 0)
-    base = weight_bytes(arch, bits, half) if lora else frozen * half
-    if zero3:
-        base_gpu = 0.0 if offload else base / n
-        cpu += base if offload else 0.0
-        note = "offloaded to CPU" if offload else f"ZeRO-3: 1/{n} per GPU"
+def _frozen_weights(s: _Setup) -> tuple[list[Component], float]:
+    """The frozen base as stored (quantized for QLoRA), partitioned or offloaded under ZeRO-3; (parts, CPU bytes)."""
+    arch = s.inp.arch
+    frozen = arch.params - (s.trainable if not s.lora else 0)
+    base = weight_bytes(arch, s.bits, s.half) if s.lora else frozen * s.half
+    if s.zero3:
+        base_gpu = 0.0 if s.offload else base / s.n
+        note = "offloaded to CPU" if s.offload else f"ZeRO-3: 1/{s.n} per GPU"
     else:
-        base_gpu, note = base, ("4-bit NF4" if bits == 4 else "8-bit" if bits == 8 else f"{half}-byte")
-    if lora or frozen:
-        comps.append(Component("weights (frozen)", base_gpu, note))
+        base_gpu, note = base, ("4-bit NF4" if s.bits == 4 else "8-bit" if s.bits == 8 else f"{s.half}-byte")
+    parts = [Component("weights (frozen)", base_gpu, note)] if s.lora or frozen else []
+    return parts, base if s.offload else 0.0
 
-    # Trainable parameters, their gradients and AdamW state.
-    p_bytes = 4 if fp32_trainable else half
-    grad_bytes = 4 if fp32_trainable else half
-    opt_bytes = 8 if fp32_trainable else 12  # 2 moments (+ fp32 master under DeepSpeed)
-    shard_params = n if zero3 else 1
-    shard_grads = n if ds in ("z2", "z3", "z3_offload") else 1
-    shard_opt = n if ds in ("z2", "z3", "z3_offload") else 1
-    name = "LoRA adapters" if lora else "trainable weights"
-    if offload:
-        cpu += trainable * (p_bytes + grad_bytes + opt_bytes)
-        comps.append(Component(name, 0.0, f"{trainable / 1e6:.1f}M params, offloaded"))
+
+def _trainable_state(s: _Setup) -> tuple[list[Component], float, float]:
+    """Trainable weights and AdamW state, sharded by ZeRO; (parts, gradient bytes, CPU bytes)."""
+    ds, trainable = s.inp.deepspeed, s.trainable
+    p_bytes = grad_bytes = 4 if s.fp32_trainable else s.half
+    opt_bytes = 8 if s.fp32_trainable else 12  # 2 moments (+ fp32 master under DeepSpeed)
+    shard_params = s.n if s.zero3 else 1
+    shard = s.n if ds in ("z2", "z3", "z3_offload") else 1
+    name = "LoRA adapters" if s.lora else "trainable weights"
+    if s.offload:
+        weights = Component(name, 0.0, f"{trainable / 1e6:.1f}M params, offloaded")
+        cpu = float(trainable * (p_bytes + grad_bytes + opt_bytes))
     else:
-        comps.append(Component(name, trainable * p_bytes / shard_params, f"{trainable / 1e6:.1f}M params"))
-    grads = 0.0 if offload else trainable * grad_bytes / shard_grads
-    optim = 0.0 if offload else trainable * opt_bytes / shard_opt
-    comps.append(
-        Component(
-            "optimizer (AdamW)",
-            optim,
-            "offloaded to CPU"
-            if offload
-            else ("2 fp32 moments" if fp32_trainable else "fp32 master + 2 moments")
-            + (f", 1/{shard_opt} per GPU" if shard_opt > 1 else ""),
-        )
+        weights = Component(name, trainable * p_bytes / shard_params, f"{trainable / 1e6:.1f}M params")
+        cpu = 0.0
+    grads = 0.0 if s.offload else trainable * grad_bytes / shard
+    optim = 0.0 if s.offload else trainable * opt_bytes / shard
+    note = (
+        "offloaded to CPU"
+        if s.offload
+        else ("2 fp32 moments" if s.fp32_trainable else "fp32 master + 2 moments")
+        + (f", 1/{shard} per GPU" if shard > 1 else "")
     )
+    return [weights, Component("optimizer (AdamW)", optim, note)], grads, cpu
 
-    # ZeRO working buffers: gathered layers (ZeRO-3) and gradient buckets.
+
+def _zero_buffers(s: _Setup) -> list[Component]:
+    """ZeRO working buffers: gathered layers (ZeRO-3) and gradient buckets."""
+    arch, ds = s.inp.arch, s.inp.deepspeed
     buffers = 0.0
-    if zero3:
-        buffers += ZERO3_LIVE_LAYERS * (arch.layer_linear_params * half) + arch.vocab * arch.hidden * half
-        buffers += min(trainable, arch.hidden**2) * 4
+    if s.zero3:
+        buffers += ZERO3_LIVE_LAYERS * (arch.layer_linear_params * s.half) + arch.vocab * arch.hidden * s.half
+        buffers += min(s.trainable, arch.hidden**2) * 4
     elif ds in ("z0", "z2"):
-        buffers += min(trainable, 5e8) * half
-    if buffers:
-        comps.append(Component("ZeRO buffers", buffers, "gathered layers, gradient buckets"))
+        buffers += min(s.trainable, 5e8) * s.half
+    return [Component("ZeRO buffers", buffers, "gathered layers, gradient buckets")] if buffers else []
 
-    # Activations.
-    t = inp.tokens
-    fp32_residual = fp32_trainable and not lora and inp.method == "full"
-    lora_casts = 1 if (inp.method == "lora" and fp32_trainable) else 0  # peft skips the cast on bnb layers
-    per_layer = layer_activation_bytes(arch, fp32_residual=fp32_residual, liger=inp.liger, lora_casts=lora_casts)
+
+def _per_layer(s: _Setup) -> float:
+    lora_casts = 1 if (s.inp.method == "lora" and s.fp32_trainable) else 0  # peft skips the cast on bnb layers
+    return layer_activation_bytes(s.inp.arch, fp32_residual=s.fp32_residual, liger=s.inp.liger, lora_casts=lora_casts)
+
+
+def _activations(s: _Setup) -> Component:
+    inp, arch = s.inp, s.inp.arch
+    t, per_layer = inp.tokens, _per_layer(s)
     act_layers = arch.layers
     if inp.method == "freeze":  # frozen layers before the trainable ones keep no graph
         act_layers = min(abs(inp.freeze_trainable_layers), arch.layers)
-    res_bytes = 4 if fp32_residual else half
     if inp.gradient_checkpointing:
-        acts = t * (act_layers * arch.hidden * res_bytes + GC_LAYER_FACTOR * per_layer)  # inputs + one layer recomputed
+        acts = t * (act_layers * arch.hidden * s.res_bytes + GC_LAYER_FACTOR * per_layer)  # + one layer recomputed
         act_note = "checkpointed: layer inputs + one layer"
     else:
         acts = t * (act_layers * per_layer + per_layer)  # + backward working set of one layer
         act_note = "every layer kept"
-    acts += t * arch.hidden * (res_bytes + 2) * 2  # embedding output, final norm, head input
+    acts += t * arch.hidden * (s.res_bytes + 2) * 2  # embedding output, final norm, head input
     if inp.precision == "fp32":
         acts *= 2
-    comps.append(Component("activations", acts, f"{inp.sequences} seq x {inp.cutoff_len} tokens, {act_note}"))
+    return Component("activations", acts, f"{inp.sequences} seq x {inp.cutoff_len} tokens, {act_note}")
 
-    # Autocast keeps a bf16 copy of each fp32 weight whose layer's graph is alive.
-    if fp32_trainable and not lora:
-        kept = trainable - (0 if inp.method == "freeze" else arch.embedding_params)
-        if inp.gradient_checkpointing:
-            kept = arch.layer_linear_params
-        kept += arch.vocab * arch.hidden if (inp.method == "full" and arch.tied_embeddings) else 0
-        comps.append(Component("autocast bf16 weight copies", kept * 2, "freed with the graph"))
 
-    # The loss.
+def _mask(s: _Setup) -> list[Component]:
+    """Neat packing under SDPA: LLaMA-Factory's collator builds a block-diagonal (sequences, 1, T, T) mask in the
+    compute dtype (not calibrated on a GPU; small next to the activations)."""
+    inp = s.inp
+    if inp.packing != "neat":
+        return []
+    mask = inp.sequences * inp.cutoff_len**2 * s.half
+    return [Component("attention mask", mask, f"neat packing: {inp.sequences} x {inp.cutoff_len}^2 4D mask")]
+
+
+def _autocast_copies(s: _Setup) -> list[Component]:
+    """Autocast keeps a bf16 copy of each fp32 weight whose layer's graph is alive."""
+    inp, arch = s.inp, s.inp.arch
+    if not s.fp32_trainable or s.lora:
+        return []
+    kept = s.trainable - (0 if inp.method == "freeze" else arch.embedding_params)
+    if inp.gradient_checkpointing:
+        kept = arch.layer_linear_params
+    kept += arch.vocab * arch.hidden if (inp.method == "full" and arch.tied_embeddings) else 0
+    return [Component("autocast bf16 weight copies", kept * 2, "freed with the graph")]
+
+
+def _loss(s: _Setup) -> Component:
+    inp, arch, t = s.inp, s.inp.arch, s.inp.tokens
     wants_logits = inp.stage in ("dpo", "kto", "rm")
-    has_reference = inp.reference != "none"
     if inp.liger and not wants_logits:
         chunk = 2 ** math.ceil(math.log2(max(1, math.ceil(t / math.ceil(arch.vocab / arch.hidden)))))
         loss = t * arch.hidden * LIGER_LOSS_BYTES_PER_HIDDEN + min(chunk, t) * arch.vocab * 4
-        loss_note = "liger fused linear cross-entropy: logits never materialised"
+        return Component("logits and loss", loss, "liger fused linear cross-entropy: logits never materialised")
+    per = DPO_LOSS_BYTES_PER_LOGIT if inp.reference != "none" else LOSS_BYTES_PER_LOGIT
+    note = f"{t} tokens x {arch.vocab} vocab x {per} B (fp32 logits, log-softmax, gradient)"
+    if inp.liger:
+        note += "; liger cannot fuse it: LLaMA-Factory needs logits for " + inp.stage
+    return Component("logits and loss", t * arch.vocab * per, note)
+
+
+def _reference(s: _Setup) -> tuple[list[Component], float]:
+    """The DPO/KTO reference model; (parts, CPU bytes)."""
+    inp, arch, bits = s.inp, s.inp.arch, s.bits
+    if inp.reference == "policy":
+        return [Component("reference model", 0.0, "the policy with its adapter disabled (no copy)")], 0.0
+    if inp.reference != "copy":
+        return [], 0.0
+    if s.lora:  # the previous stage's model: the base (quantized like the policy) + its adapter, frozen
+        ref = weight_bytes(arch, bits, s.half) + s.trainable * s.half
+        ref_note = ("4-bit" if bits == 4 else "8-bit" if bits == 8 else "bf16") + " base + adapter, frozen"
     else:
-        per = DPO_LOSS_BYTES_PER_LOGIT if has_reference else LOSS_BYTES_PER_LOGIT
-        loss = t * arch.vocab * per
-        loss_note = f"{t} tokens x {arch.vocab} vocab x {per} B (fp32 logits, log-softmax, gradient)"
-        if inp.liger:
-            loss_note += "; liger cannot fuse it: LLaMA-Factory needs logits for " + inp.stage
-    comps.append(Component("logits and loss", loss, loss_note))
+        ref, ref_note = arch.params * s.half, "bf16 copy of the weights, frozen"
+    if bits:  # LF's DPO trainer leaves a quantized reference out of DeepSpeed: whole on every GPU
+        return [Component("reference model", ref, ref_note + ", whole on each GPU (not partitioned)")], 0.0
+    if s.offload:
+        return [Component("reference model", 0.0, ref_note + ", offloaded")], ref
+    return [Component("reference model", ref / (s.n if s.zero3 else 1), ref_note)], 0.0
 
-    if inp.reference == "copy":
-        if lora:  # the previous stage's model: the base (quantized like the policy) + its adapter, frozen
-            ref = weight_bytes(arch, bits, half) + trainable * half
-            ref_note = ("4-bit" if bits == 4 else "8-bit" if bits == 8 else "bf16") + " base + adapter, frozen"
-        else:
-            ref, ref_note = arch.params * half, "bf16 copy of the weights, frozen"
-        if bits:  # LF's DPO trainer leaves a quantized reference out of DeepSpeed: whole on every GPU
-            comps.append(Component("reference model", ref, ref_note + ", whole on each GPU (not partitioned)"))
-        elif offload:
-            cpu += ref
-            comps.append(Component("reference model", 0.0, ref_note + ", offloaded"))
-        else:
-            comps.append(Component("reference model", ref / (n if zero3 else 1), ref_note))
-    elif inp.reference == "policy":
-        comps.append(Component("reference model", 0.0, "the policy with its adapter disabled (no copy)"))
 
-    if bits == 4 or bits == 8:
-        shapes = arch.linear_shapes().values()
-        comps.append(
-            Component(
-                "dequantization workspace",
-                2 * max(a * b for a, b in shapes) * half,
-                "one layer's weights dequantized at a time",
-            )
-        )
+def _dequantization(s: _Setup) -> list[Component]:
+    if s.bits not in (4, 8):
+        return []
+    largest = max(a * b for a, b in s.inp.arch.linear_shapes().values())
+    return [Component("dequantization workspace", 2 * largest * s.half, "one layer's weights dequantized at a time")]
 
-    # Gradients: at the backward's start only a few exist; at its end all, with activations gone.
+
+_GRAPH = ("activations", "logits and loss", "autocast bf16 weight copies", "attention mask")
+
+
+def _at_peak(s: _Setup, comps: list[Component], grads: float) -> tuple[list[Component], str]:
+    """Gradients: at the backward's start only a few exist; at its end all, with activations gone."""
+    last_layer = s.inp.tokens * _per_layer(s)
+    graph = sum(c.bytes for c in comps if c.name in _GRAPH)
     phase_fwd = sum(c.bytes for c in comps)
-    phase_bwd = phase_fwd - acts - loss + grads + t * per_layer  # graph freed, gradients complete
-    phase_bwd -= next((c.bytes for c in comps if c.name == "autocast bf16 weight copies"), 0.0)
+    phase_bwd = phase_fwd - graph + grads + last_layer  # graph freed, gradients complete
     if phase_bwd > phase_fwd:
-        comps = [c for c in comps if c.name not in ("activations", "logits and loss", "autocast bf16 weight copies")]
+        comps = [c for c in comps if c.name not in _GRAPH]
         comps.append(Component("gradients", grads, "all of them, at the end of the backward pass"))
-        comps.append(Component("activations", t * per_layer, "the last layer's backward"))
-        phase = "end of the backward pass (all gradients, graph freed)"
-    else:
-        comps.append(
-            Component(
-                "gradients",
-                grads if lora else 0.0,
-                "LoRA: all of them (small)" if lora else "not yet allocated",
-            )
-        )
-        phase = "start of the backward pass (graph and logits alive)"
-    return Estimate(inp, comps, phase, trainable, cpu)
+        comps.append(Component("activations", last_layer, "the last layer's backward"))
+        return comps, "end of the backward pass (all gradients, graph freed)"
+    note = "LoRA: all of them (small)" if s.lora else "not yet allocated"
+    comps.append(Component("gradients", grads if s.lora else 0.0, note))
+    return comps, "start of the backward pass (graph and logits alive)"
 
 
-# ---- choosing the micro batch ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The planner's pick: micro batch, accumulation, the estimate at that micro batch, and any note."""
-
-    micro_batch: int | None
-    grad_accum: int | None
-    estimate: Estimate
-    notes: list[str] = field(default_factory=list)
-
-
-def candidate_micro_batches(global_batch: int, world_size: int) -> list[int]:
-    """Micro batches that keep the global batch exactly: micro x world x accumulation == global."""
-    per_gpu = global_batch // world_size if global_batch % world_size == 0 else 0
-    return [m for m in range(1, per_gpu + 1) if per_gpu % m == 0]
-
-
-def choose_micro_batch(inp: PlanInput, global_batch: int, gpu_bytes: float, margin: float = SAFETY_MARGIN) -> Choice:
-    """The largest micro batch that fits `gpu_bytes` with `margin` and divides the global batch."""
-    notes = []
-    candidates = candidate_micro_batches(global_batch, inp.world_size)
-    if not candidates:
-        notes.append(
-            f"global batch {global_batch} is not divisible by {inp.world_size} GPUs: use a multiple of {inp.world_size}"
-        )
-        candidates = [1]
-    best: Estimate | None = None
-    best_micro = None
-    for micro in candidates:
-        est = estimate(replace(inp, micro_batch=micro))
-        if est.fits(gpu_bytes, margin):
-            best, best_micro = est, micro
-        else:
-            break  # memory grows with the micro batch
-    if best is None or best_micro is None:
-        return Choice(None, None, estimate(replace(inp, micro_batch=1)), notes)
-    # Say when a larger, non-dividing micro batch would have fit too.
-    nxt = best_micro + 1
-    while nxt <= global_batch and nxt in candidates:
-        nxt += 1
-    if nxt <= global_batch // max(inp.world_size, 1) and estimate(replace(inp, micro_batch=nxt)).fits(
-        gpu_bytes, margin
-    ):
-        notes.append(
-            f"micro batch {nxt} would fit too but does not divide global batch {global_batch} over "
-            f"{inp.world_size} GPU(s)"
-        )
-    per_step = best_micro * inp.world_size
-    accum = global_batch // per_step if global_batch % per_step == 0 else None
-    return Choice(best_micro, accum, best, notes)
-
-
-@dataclass(frozen=True)
-class LadderStep:
-    action: str
-    estimate: Estimate
-    fits: bool
-
-
-def oom_ladder(inp: PlanInput, gpu_bytes: float, margin: float = SAFETY_MARGIN) -> list[LadderStep]:
-    """The OOM ladder of seed 003, applied cumulatively, with each step's estimated peak.
-
-    Order by effect: QLoRA, a shorter cutoff_len, micro batch 1 with more accumulation, the liger kernel with
-    gradient checkpointing (flash attention is already assumed: SDPA keeps no T^2 matrix), ZeRO-3 offload.
-    """
-    steps = []
-    current = inp
-    if current.method != "qlora":
-        current = replace(current, method="qlora", quant_bits=4)
-        steps.append(("method.type: qlora (4-bit base)", current))
-    if current.cutoff_len > 512:
-        current = replace(current, cutoff_len=max(512, current.cutoff_len // 2))
-        steps.append((f"training.cutoff_len: {current.cutoff_len} (check coverage with lfw data check)", current))
-    if current.micro_batch > 1:
-        current = replace(current, micro_batch=1)
-        steps.append(("training.micro_batch_size: 1 (accumulation keeps the global batch)", current))
-    if not current.liger or not current.gradient_checkpointing:
-        current = replace(current, liger=True, gradient_checkpointing=True)
-        steps.append(("training.liger_kernel: true, gradient_checkpointing: true", current))
-    if current.deepspeed != "z3_offload":
-        current = replace(current, deepspeed="z3_offload")
-        steps.append(("hardware.deepspeed: z3_offload (params + optimizer in CPU memory)", current))
-    out = []
-    for action, step in steps:  # each step as it stands: the micro batch drops only at its own step
-        est = estimate(step)
-        out.append(LadderStep(action, est, est.fits(gpu_bytes, margin)))
-    return out
+def estimate(inp: PlanInput) -> Estimate:
+    """Per-GPU peak memory of one training step of `inp`, as the parts alive at the peak."""
+    s = _Setup(inp, trainable_params(inp))
+    frozen, cpu_frozen = _frozen_weights(s)
+    state, grads, cpu_state = _trainable_state(s)
+    reference, cpu_reference = _reference(s)
+    comps = [*frozen, *state, *_zero_buffers(s), _activations(s), *_mask(s), *_autocast_copies(s), _loss(s)]
+    comps += [*reference, *_dequantization(s)]
+    comps, phase = _at_peak(s, comps, grads)
+    return Estimate(inp, comps, phase, s.trainable, cpu_frozen + cpu_state + cpu_reference)
 
 
 # ---- from a recipe --------------------------------------------------------------------------------------
 
 
 def plan_input(
-    recipe: object, stage_index: int, arch: ModelArch, world_size: int, micro_batch: int | None = None
+    recipe: Recipe, stage_index: int, arch: ModelArch, world_size: int, micro_batch: int | None = None
 ) -> PlanInput:
-    """PlanInput of one stage of a validated `lfw.recipe.schema.Recipe` (typed loosely: this module stays pure)."""
-    training = recipe.stage_training(stage_index)  # type: ignore[attr-defined]
-    method = recipe.method  # type: ignore[attr-defined]
-    stage = recipe.stages[stage_index]  # type: ignore[attr-defined]
+    """PlanInput of one stage of a validated recipe, on a GPU. `auto` settings as the estimate assumes them:
+    checkpointing on (`choose` decides), the liger kernel where LLaMA-Factory has one for the model type."""
+    training = recipe.stage_training(stage_index)
+    method = recipe.method
+    stage = recipe.stages[stage_index]
     precision = training.precision if training.precision != "auto" else "bf16"
     micro = micro_batch if micro_batch is not None else training.micro_batch_size
+    liger = training.liger_kernel if training.liger_kernel != "auto" else arch.model_type in LIGER_MODEL_TYPES
     return PlanInput(
         arch=arch,
         method=method.type,
@@ -438,27 +416,18 @@ def plan_input(
         lora_target=method.lora.target,
         quant_bits=method.quantization.bits if method.quantization else None,
         precision=precision,
-        deepspeed=recipe.hardware.deepspeed,  # type: ignore[attr-defined]
+        deepspeed=recipe.hardware.deepspeed,
         world_size=world_size,
         micro_batch=micro if isinstance(micro, int) else 1,
         cutoff_len=training.cutoff_len,
-        gradient_checkpointing=training.gradient_checkpointing,
-        liger=training.liger_kernel,
-        packing=training.packing,
+        gradient_checkpointing=training.gradient_checkpointing is not False,
+        liger=liger,
+        packing=training.packing or "off",
         stage=stage.stage,
         pref_loss=stage.pref_loss,
         freeze_trainable_layers=method.freeze_trainable_layers,
         chained=stage_index > 0,
     )
-
-
-def auto_micro_batch(recipe: object, stage_index: int, arch: ModelArch, world_size: int, gpu_bytes: float) -> int:
-    """The micro batch `micro_batch_size: auto` resolves to: the planner's pick, or 1 when nothing fits."""
-    training = recipe.stage_training(stage_index)  # type: ignore[attr-defined]
-    choice = choose_micro_batch(
-        plan_input(recipe, stage_index, arch, world_size, 1), training.global_batch_size, gpu_bytes
-    )
-    return choice.micro_batch or 1
 
 
 def gib(value: float) -> str:
