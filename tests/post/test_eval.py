@@ -17,7 +17,7 @@ import pytest
 
 from lfw.cli import main
 from lfw.infra.errors import UserError
-from lfw.post.eval.benchmarks import read_records, resolve
+from lfw.post.eval.benchmarks import resolve
 from lfw.post.eval.evaluate import (
     EVAL_FILES,
     SAMPLES,
@@ -26,6 +26,7 @@ from lfw.post.eval.evaluate import (
     parse_model,
     unique_names,
 )
+from lfw.post.eval.records import read_records
 from lfw.post.serve import build_command, make_options
 from tests.conftest import (
     GEN_TOKENS,

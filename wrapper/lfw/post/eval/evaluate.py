@@ -418,6 +418,18 @@ def check_outputs_are_evals(out: Path, labels: Sequence[str]) -> None:
         raise UserError(problems, "lfw eval writes only into new folders or earlier eval results")
 
 
+def resolve_models(model_specs: Sequence[str], options: EvalOptions) -> list[EvalModel]:
+    """The models with distinct labels (the folders their results go to), for lfw's scorers and lm-eval alike."""
+    models = [parse_model(spec, options.adapter) for spec in model_specs]
+    for model, label in zip(models, unique_names([m.label for m in models]), strict=True):
+        if label != model.label:
+            model.notes.append(f"another model is labelled {model.label}: this one's results go to {label}")
+        model.label = label
+        # --thinking/--no-thinking win over lineage.json, as -- --default-chat-template-kwargs does in lfw serve.
+        model.chat_template_kwargs = {**model.chat_template_kwargs, **options.chat_template_kwargs}
+    return models
+
+
 def evaluate(
     model_specs: Sequence[str], bench_specs: Sequence[str], options: EvalOptions, console: Console | None = None
 ) -> list[dict[str, Any]]:
@@ -427,13 +439,8 @@ def evaluate(
         raise UserError("give at least one MODEL and one --bench")
     if options.adapter and not (Path(options.adapter) / "adapter_config.json").is_file():
         raise UserError(f"--adapter {options.adapter}: no adapter_config.json there (a PEFT/LoRA adapter folder)")
-    models = [parse_model(spec, options.adapter) for spec in model_specs]
-    for model, label in zip(models, unique_names([m.label for m in models]), strict=True):
-        if label != model.label:
-            model.notes.append(f"another model is labelled {model.label}: this one's results go to {label}")
-        model.label = label
-        # --thinking/--no-thinking win over lineage.json, as -- --default-chat-template-kwargs does in lfw serve.
-        model.chat_template_kwargs = {**model.chat_template_kwargs, **options.chat_template_kwargs}
+    models = resolve_models(model_specs, options)
+    for model in models:
         for note in model.notes:
             console.print(f"[yellow]note:[/] {model.label}: {note}", highlight=False)
     benches = load_benchmarks(bench_specs, options.bench_dir)

@@ -34,18 +34,17 @@ from lfw.post.eval.evaluate import (
     EvalModel,
     EvalOptions,
     check_outputs_are_evals,
-    parse_model,
     print_summaries,
+    resolve_models,
     run_worker,
-    unique_names,
     worker_python,
     write_summary_csv,
 )
 from lfw.post.eval.harness_tasks import CATALOG, HarnessSpec, group_yaml, parse_spec, resolve_spec
+from lfw.post.eval.worker import lora_rank
 
 HARNESS_SUFFIX = ".harness"  # OUT/<label>.harness/: task YAMLs, lm-eval's config, raw results, log
 MARKER = "lfw-harness.json"
-LORA_RANKS = (16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values from lm-eval's default 16 up
 
 
 @dataclass
@@ -151,7 +150,7 @@ def model_args(model: EvalModel, options: EvalOptions, template: str | None) -> 
         if options.adapter:  # vLLM's LoRA slots must be as wide as the adapter (lm-eval's default is 16)
             adapter = Path(options.adapter).resolve()
             rank = int(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("r", 16))
-            args.update(lora_local_path=str(adapter), max_lora_rank=next((r for r in LORA_RANKS if r >= rank), 512))
+            args.update(lora_local_path=str(adapter), max_lora_rank=max(16, lora_rank(rank)))  # lm-eval's default is 16
     elif options.adapter:
         args["peft"] = str(Path(options.adapter).resolve())
     return args
@@ -390,15 +389,6 @@ def harness_model(
     return write_outputs(out, summary, harness_samples(specs, work), merge)
 
 
-def resolve_models(model_specs: Sequence[str], options: EvalOptions, console: Console) -> list[EvalModel]:
-    """The models with the labels `lfw eval` gives them (so both scorers write to the same folders)."""
-    models = [parse_model(spec, options.adapter) for spec in model_specs]
-    for model, label in zip(models, unique_names([m.label for m in models]), strict=True):
-        model.label = label
-        model.chat_template_kwargs = {**model.chat_template_kwargs, **options.chat_template_kwargs}
-    return models
-
-
 def check_specs(bench_specs: Sequence[str], options: EvalOptions) -> None:
     """What can be refused before any model runs (so a typo costs no lfw scoring run either)."""
     if options.shuffle:
@@ -420,7 +410,7 @@ def run_harness(
     console = console or Console()
     harness = harness or HarnessOptions()
     check_specs(bench_specs, options)
-    models = resolve_models(model_specs, options, console)
+    models = resolve_models(model_specs, options)
     if not merge:
         check_outputs_are_evals(options.out, [m.label for m in models])
     python = worker_python(options)

@@ -146,7 +146,7 @@ class VllmBackend:
 
             rank = json.loads((Path(args.adapter) / "adapter_config.json").read_text()).get("r", 16)
             # max_logprobs: room for every option letter of a question in one next-token request.
-            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(rank), max_logprobs=32)
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank(rank), max_logprobs=32)
             self.lora = LoRARequest("adapter", 1, str(Path(args.adapter).resolve()))
         self.llm = LLM(**kwargs)
         self.dtype = str(self.llm.llm_engine.model_config.dtype).replace("torch.", "")
@@ -232,7 +232,7 @@ def vllm_dtype(requested: str) -> str:
     return requested
 
 
-def _lora_rank(rank: int) -> int:
+def lora_rank(rank: int) -> int:
     """vLLM accepts a fixed set of max_lora_rank values: the smallest one that holds the adapter's rank."""
     allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
     return next((r for r in allowed if r >= rank), allowed[-1])
