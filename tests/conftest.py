@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,12 @@ def minimal_recipe(**changes) -> dict:
     }
     recipe.update(changes)
     return recipe
+
+
+def default_sigint() -> None:
+    """Popen's preexec_fn for a child the test will Ctrl-C: SIGINT's default action, also when pytest runs as a
+    background job of a script (which starts with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def clean_env() -> dict[str, str]:

@@ -17,7 +17,7 @@ import yaml
 
 from lfw.cli import main
 from lfw.launch.runner import new_run_dir
-from tests.conftest import assert_complete, losses, manifest, run_recipe, tiny_recipe
+from tests.conftest import assert_complete, default_sigint, losses, manifest, run_recipe, tiny_recipe
 
 
 @pytest.mark.slow
@@ -169,6 +169,7 @@ def test_ctrl_c_stops_the_whole_process_tree(tmp_path, tiny, sig):
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=default_sigint,
     )
     deadline = time.time() + 60
     while not pids_file.exists() or len(pids_file.read_text().split()) < 2:

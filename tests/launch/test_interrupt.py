@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from lfw.launch.progress import read_trainer_log
-from tests.conftest import clean_env, tiny_recipe
+from tests.conftest import clean_env, default_sigint, tiny_recipe
 
 
 def _start(recipe: Path, *extra: str) -> subprocess.Popen:
@@ -28,6 +28,7 @@ def _start(recipe: Path, *extra: str) -> subprocess.Popen:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=default_sigint,
     )
 
 

@@ -175,3 +175,20 @@ def test_real_recipes_stay_within_the_bounds(tmp_path):
     path = tmp_path / "recipe.yml"
     path.write_text(yaml.safe_dump(recipe))
     assert load_recipe(str(path)).recipe.training.cutoff_len == 32768
+
+
+def test_resume_skips_a_checkpoint_cut_off_mid_save(tmp_path):
+    """Trainer writes trainer_state.json last: a newer folder without it (Ctrl-C during a save) is not resumable."""
+    from lfw.launch.runner import latest_checkpoint
+
+    for step, complete in ((4, True), (12, True), (16, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-final").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
+    (tmp_path / "checkpoint-16" / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-16"
+    assert latest_checkpoint(tmp_path / "missing") is None

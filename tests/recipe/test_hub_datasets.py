@@ -168,7 +168,7 @@ def test_llamafactory_loads_the_rendered_hub_entries_offline(tmp_path: Path, tin
     config = run_dir / rendering.stages[0].config
     assert yaml.safe_load(config.read_text())["dataset"] == "tiny_alpaca,multi_chat"
     proc = subprocess.run(
-        [sys.executable, "-c", LF_LOAD, str(REPO / "tests"), str(config)],
+        [sys.executable, "-c", LF_LOAD, str(REPO), str(config)],
         capture_output=True,
         text=True,
         env={**clean_env(), "TOKENIZERS_PARALLELISM": "false"},

@@ -29,15 +29,23 @@ TERMINATE_FIRST: tuple[tuple[signal.Signals, float], ...] = ((signal.SIGTERM, 15
 _POLL = 0.2
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_group(
     cmd: Sequence[str], env: Mapping[str, str] | None = None, stdout: IO[Any] | int = subprocess.PIPE
 ) -> subprocess.Popen[str]:
     """Start `cmd` as the leader of a new session (its own process group), stdin closed, stderr into stdout.
 
-    With the default stdout the output is a text pipe read line by line (undecodable bytes replaced).
+    With the default stdout the output is a text pipe read line by line (undecodable bytes replaced). The group
+    gets SIGINT's default action even where lfw itself ignores it (a background job of a script), because
+    `stop_group` sends SIGINT first for a clean shutdown.
     """
+    inherits_ignored_sigint = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     return subprocess.Popen(
         list(cmd),
+        preexec_fn=_default_sigint if inherits_ignored_sigint else None,
         env=None if env is None else dict(env),
         stdout=stdout,
         stderr=subprocess.STDOUT,

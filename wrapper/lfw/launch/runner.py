@@ -419,11 +419,15 @@ def _run_stages(manifest: dict, run_dir: Path, env: dict[str, str], console: Con
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest `checkpoint-N` folder Trainer saved (by step number, not by name order)."""
+    """The newest complete `checkpoint-N` folder Trainer saved (by step number, not by name order).
+
+    Trainer writes trainer_state.json last: a folder without it was cut off mid-save (Ctrl-C, a lost node), and
+    resuming from it fails with "Can't find a valid checkpoint", so the one before it is used.
+    """
     steps = [
         (int(p.name.split("-")[1]), p)
         for p in output_dir.glob("checkpoint-*")
-        if p.is_dir() and p.name.split("-")[1].isdigit()
+        if p.is_dir() and p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()
     ]
     return max(steps)[1] if steps else None
 
